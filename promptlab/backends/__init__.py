@@ -1,0 +1,46 @@
+"""Backends: tokenised prompts in, pooled hidden states at the requested layers out.
+
+One protocol (`Backend`) for every runtime; the embedder never knows which one produced its vectors.
+Heavy optional runtimes are imported lazily inside `load_backend`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from promptlab.errors import PromptlabError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
+
+    from promptlab.tokenization import TokenBatch
+
+BACKENDS = ("transformers",)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the embedder needs from a runtime."""
+
+    tokenizer: Any  # a transformers fast tokenizer
+    num_layers: int  # transformer blocks; hidden-state index 0 is the embedding output
+    hidden_size: int
+
+    def embed(self, batch: TokenBatch, pooling: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Pooled float32 vectors [B, H] for each requested (non-negative) layer, from one forward pass."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to reproduce a number: model, file hash, dtype, runtime versions."""
+        ...
+
+
+def load_backend(name: str, model, **options) -> Backend:
+    """Build backend ``name`` for a model spec (see `promptlab.models.resolve_model`)."""
+    if name == "transformers":
+        from promptlab.backends.transformers import TransformersBackend
+
+        return TransformersBackend.load(model, **options)
+    raise PromptlabError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")

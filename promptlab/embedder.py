@@ -1,0 +1,264 @@
+"""`Embedder`: a template, a backend and a pooling, behind the ``encode`` signature of sentence-transformers.
+
+The one path every caller uses (CLI, Python API, evaluation, experiments, fine-tuning):
+render + tokenize (`PromptTokenizer`) → sort by length, deduplicate, pad (`pad_batch`) →
+forward and pool (`Backend.embed`) → vectors in the caller's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from promptlab.backends import Backend, load_backend
+from promptlab.cache import EmbeddingCache
+from promptlab.errors import PromptlabError
+from promptlab.prefix_cache import shared_prefix_length
+from promptlab.registry import get_template
+from promptlab.templates import Template
+from promptlab.tokenization import PromptTokenizer, pad_batch
+
+
+def check_sentences(sentences: Sequence[str]) -> list[str]:
+    """Reject what cannot be embedded, naming the first offending item (1-based)."""
+    if isinstance(sentences, str):
+        raise TypeError("check_sentences takes a list of sentences")
+    out = list(sentences)
+    for i, sentence in enumerate(out, start=1):
+        if not isinstance(sentence, str):
+            raise PromptlabError(f"sentence #{i} is a {type(sentence).__name__}, not text; pass strings.")
+        if not sentence.strip():
+            raise PromptlabError(
+                f"sentence #{i} is empty or whitespace-only; remove blank lines from the input."
+            )
+    return out
+
+
+class Embedder:
+    """Sentence embeddings from a language model and a prompt template.
+
+    Args:
+        model: a model spec (packaged name such as ``smollm2-135m``, local dir, ``.gguf``, hub id) or a
+            ready `Backend`.
+        template: a registry name (``prompteol``, ``promptbert``, ``none``…) or literal text with ``[X]``.
+        layer: hidden-state index; negative counts from the top (-1 = last), 0 is the embedding output.
+        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        pooling: for ``prefix`` templates only: ``cls`` | ``cls_mlp`` | ``mean`` | ``max`` | ``last``.
+        normalize_input: override the template's input rules (None keeps the template's setting).
+        padding_side: ``right`` (default) or ``left``; results are the same either way.
+        max_length: token budget per prompt; longer sentences are cut inside the slot.
+        adapter: a LoRA adapter folder from `promptlab finetune` (its base must be this model).
+        merge_adapter: fold the adapter into the base weights (same vectors, no LoRA overhead).
+        quantization: ``int8`` | ``nf4`` | ``fp4`` (bitsandbytes) when loading ``model`` from a spec.
+        prefix_cache: run the token prefix all prompts of a call share once (decoders; same vectors).
+        cache_dir: keep vectors on disk there and reuse them (see `promptlab.cache`); None: no disk cache.
+        demonstration: a `Demonstration`, a shipped id (``eol-opt-125m``) or ``best-of:RESULTS.jsonl``,
+            solved in front of the prompt (PromptEOL's in-context learning; `promptlab.demonstrations`).
+
+    An ``ensemble`` template (MetaEOL) is encoded through one Embedder per member, sharing the backend, and
+    its vectors are the members' mean at each layer.
+    """
+
+    def __init__(
+        self,
+        model: str | Backend,
+        template: str | Template = "prompteol",
+        layer: int = -1,
+        dtype: str = "float32",
+        *,
+        pooling: str | None = None,
+        backend: str = "transformers",
+        device: str | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        padding_side: str = "right",
+        normalize_input: bool | None = None,
+        adapter: str | None = None,
+        merge_adapter: bool = False,
+        quantization: str | None = None,
+        prefix_cache: bool = True,
+        cache_dir: str | None = None,
+        demonstration: Any = None,
+    ):
+        template = get_template(template, pooling=pooling)
+        if normalize_input is not None and normalize_input != template.normalize:
+            template = dataclasses.replace(template, normalize=normalize_input)
+        if demonstration is not None:
+            from promptlab.demonstrations import resolve_demonstration, with_demonstration
+
+            demonstration = resolve_demonstration(demonstration)
+            template = with_demonstration(template, demonstration)
+        self.demonstration = demonstration
+        self.template = template
+        if isinstance(model, str) or not hasattr(model, "embed"):
+            quant = {"quantization": quantization} if quantization else {}
+            model = load_backend(backend, model, dtype=dtype, device=device, **quant)
+        self.backend: Backend = model
+        if adapter is not None:
+            from promptlab.finetune.lora import attach_adapter
+
+            attach_adapter(self.backend, adapter, merge=merge_adapter, template=template, layer=layer)
+        self.layer = layer
+        self.layer_index = self.resolve_layer(layer)
+        self.batch_size = batch_size
+        self.padding_side = padding_side
+        self.prompts = PromptTokenizer(self.backend.tokenizer, template, max_length=max_length)
+        tok = self.backend.tokenizer
+        # Padded positions are masked out, so any id works; prefer the tokenizer's own pad/eos token.
+        self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        self.last_stats: dict[str, Any] = {}
+        self.use_prefix_cache = prefix_cache
+        self.cache = EmbeddingCache(cache_dir) if cache_dir else None
+        options = dict(batch_size=batch_size, max_length=max_length, padding_side=padding_side,
+                       normalize_input=normalize_input, prefix_cache=prefix_cache, cache_dir=cache_dir)
+        self.members = [Embedder(self.backend, name, layer, **options) for name in template.members]
+
+    # -- layers ----------------------------------------------------------------------------------------
+    def resolve_layer(self, layer: int) -> int:
+        """A hidden-state index in ``0..num_layers`` from a possibly negative layer."""
+        n = self.backend.num_layers
+        if not -(n + 1) <= layer <= n:
+            raise PromptlabError(
+                f"layer {layer} is out of range: the model has {n} layers (use -{n + 1}..{n}; "
+                "0 is the embedding output, -1 the last layer)."
+            )
+        return layer % (n + 1)
+
+    # -- encoding --------------------------------------------------------------------------------------
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int | None = None,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray:
+        """Embed sentences; returns float32 [N, H] (or [H] for a single string)."""
+        single = isinstance(sentences, str)
+        vectors = self.encode_layers(
+            [sentences] if single else sentences,
+            [self.layer],
+            batch_size=batch_size,
+            normalize_embeddings=normalize_embeddings,
+            show_progress_bar=show_progress_bar,
+        )[self.layer]
+        return vectors[0] if single else vectors
+
+    def encode_layers(
+        self,
+        sentences: Sequence[str],
+        layers: Sequence[int],
+        *,
+        batch_size: int | None = None,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Embed at several layers from one forward pass per batch: {layer: float32 [N, H]}."""
+        sentences = check_sentences(sentences)
+        if self.members:
+            return self._encode_members(sentences, layers, batch_size, normalize_embeddings,
+                                        show_progress_bar)
+        indices = {layer: self.resolve_layer(layer) for layer in layers}
+        wanted = sorted(set(indices.values()))
+        unique = list(dict.fromkeys(sentences))  # duplicates are embedded once
+        start = time.perf_counter()
+        out = {i: np.empty((len(unique), self.backend.hidden_size), dtype=np.float32) for i in wanted}
+        namespace = self.cache.key_for(self) if self.cache else None
+        todo = self.cache.fill(namespace, unique, out) if namespace else range(len(unique))
+        prompts = {i: self.prompts.encode(unique[i]) for i in todo}
+        n_truncated = sum(p.truncated for p in prompts.values())
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} sentence(s) exceeded {self.prompts.max_length} tokens and were shortened inside "
+                "the template's slot (the template itself is kept whole).",
+                stacklevel=2,
+            )
+        # Longest first: similar lengths share a batch (little padding), and memory peaks at the start.
+        order = sorted(todo, key=lambda i: -len(prompts[i].ids))
+        prefix = shared_prefix_length([p.ids for p in prompts.values()]) if self.use_prefix_cache else 0
+        batch_size = batch_size or self.batch_size
+        show = sys.stderr.isatty() and len(unique) > batch_size if show_progress_bar is None else show_progress_bar
+        n_tokens = 0
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(order), unit="sent", disable=not show, desc="embedding") as bar:
+            for begin in range(0, len(order), batch_size):
+                rows = order[begin : begin + batch_size]
+                batch = pad_batch([prompts[i] for i in rows], pad_id=self.pad_id, padding_side=self.padding_side)
+                batch.prefix_length = prefix
+                n_tokens += batch.num_tokens
+                for index, vectors in self.backend.embed(batch, self.template.pooling, wanted).items():
+                    out[index][rows] = vectors.numpy()
+                bar.update(len(rows))
+        if namespace and order:
+            self.cache.store(namespace, [unique[i] for i in order], {i: out[i][order] for i in wanted}, self.describe())
+        seconds = time.perf_counter() - start
+        self.last_stats = {
+            "sentences": len(sentences),
+            "unique_sentences": len(unique),
+            "tokens": n_tokens,
+            "truncated": n_truncated,
+            "from_cache": len(unique) - len(order),
+            "prefix_length": prefix,
+            "seconds": seconds,
+            "sentences_per_second": len(unique) / seconds if seconds > 0 else float("inf"),
+        }
+        position = {s: i for i, s in enumerate(unique)}
+        take = np.fromiter((position[s] for s in sentences), dtype=np.int64, count=len(sentences))
+        result = {}
+        for layer, index in indices.items():
+            vectors = out[index][take]
+            if normalize_embeddings:
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            result[layer] = vectors
+        return result
+
+    def _encode_members(self, sentences, layers, batch_size, normalize_embeddings, show_progress_bar):
+        """An ensemble's vectors: its members' mean, layer by layer (MetaEOL, Lei et al. 2024)."""
+        total: dict[int, np.ndarray] = {}
+        stats: dict[str, Any] = {}
+        for member in self.members:
+            vectors = member.encode_layers(
+                sentences, layers, batch_size=batch_size, show_progress_bar=show_progress_bar
+            )
+            for layer, v in vectors.items():
+                total[layer] = total[layer] + v if layer in total else v
+            for key in ("tokens", "truncated", "seconds"):
+                stats[key] = stats.get(key, 0) + member.last_stats.get(key, 0)
+        result = {layer: v / len(self.members) for layer, v in total.items()}
+        if normalize_embeddings:
+            for v in result.values():
+                v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        unique = len(set(sentences))
+        self.last_stats = {
+            **self.members[-1].last_stats, **stats, "sentences": len(sentences), "unique_sentences": unique,
+            "sentences_per_second": unique / stats["seconds"] if stats["seconds"] > 0 else float("inf"),
+        }
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """The full configuration behind these vectors, for result records."""
+        import promptlab
+
+        t = self.template
+        return {
+            **self.backend.describe(),
+            "template": t.name,
+            "template_kind": t.kind,
+            "template_text": t.text,
+            "template_paper": t.paper,
+            "pooling": t.pooling,
+            "normalize_input": t.normalize,
+            "layer": self.layer,
+            "layer_index": self.layer_index,
+            "max_length": self.prompts.max_length,
+            "demonstration": self.demonstration.to_dict() if self.demonstration else None,
+            "template_members": {m.template.name: m.template.text for m in self.members},
+            "promptlab": promptlab.__version__,
+        }

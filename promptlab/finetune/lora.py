@@ -1,0 +1,209 @@
+"""LoRA (Hu et al., 2021) and QLoRA (Dettmers et al., 2023) on a backend's model, through peft.
+
+Target modules are found from the model itself, not from a table of model families: the ``nn.Linear``
+layers inside its stack of transformer blocks (the ``nn.ModuleList`` with one entry per layer). A 4-bit
+bitsandbytes layer is an ``nn.Linear`` too, so QLoRA finds the same targets.
+
+LoRA is injected *in place*: the backend keeps its model object, which now carries the adapter, so the
+`Embedder` built on that backend embeds with the adapter (dev scores during training use it directly).
+
+An adapter folder holds peft's ``adapter_config.json`` + ``adapter_model.safetensors`` and our
+``promptlab_adapter.json``: the base model's identity, the template and layer trained, and the full
+fine-tuning config. `attach_adapter` refuses an adapter whose base differs from the model given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from promptlab.errors import PromptlabError
+
+ADAPTER_META = "promptlab_adapter.json"
+_IDENTITY = ("model", "model_file_sha256", "architecture", "num_layers", "hidden_size")
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PromptlabError(f"{module} is not installed; pip install 'promptlab[{extra}]'.") from None
+
+
+# -- target modules --------------------------------------------------------------------------------------
+def block_stack(model: nn.Module, num_layers: int) -> str | None:
+    """The dotted name of the ``nn.ModuleList`` holding the transformer blocks (one per layer), if any."""
+    best, best_count = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            count = sum(isinstance(m, nn.Linear) for m in module.modules())
+            if count > best_count:
+                best, best_count = name, count
+    return best
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def block_linear_suffixes(model: nn.Module, num_layers: int) -> tuple[str | None, list[str]]:
+    """(stack name, the Linear layers of one block relative to it: ``self_attn.q_proj``, ``mlp.up_proj``…)."""
+    stack = block_stack(model, num_layers)
+    if stack is None:
+        return None, linear_names(model)
+    pattern = re.compile(rf"^{re.escape(stack)}\.\d+\.(.+)$" if stack else r"^\d+\.(.+)$")
+    suffixes = {m.group(1) for name in linear_names(model) if (m := pattern.match(name))}
+    return stack, sorted(suffixes)
+
+
+def resolve_targets(model: nn.Module, num_layers: int, requested: list[str] | None) -> str | list[str]:
+    """peft ``target_modules``: a regex over every Linear in the blocks, or the user's suffixes, checked."""
+    stack, suffixes = block_linear_suffixes(model, num_layers)
+    if requested is None:
+        if not suffixes:
+            raise PromptlabError(
+                "found no nn.Linear layers in this model to put LoRA on; set target_modules."
+            )
+        if stack is None:  # no block stack recognised: every Linear layer, by full name
+            return sorted(suffixes)
+        prefix = rf"{re.escape(stack)}\." if stack else ""
+        return rf"^{prefix}\d+\.(?:{'|'.join(re.escape(s) for s in suffixes)})$"
+    names = linear_names(model)
+    for target in requested:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            raise PromptlabError(
+                f"LoRA target module {target!r} matches no nn.Linear layer of this model; "
+                f"its block layers are: {', '.join(suffixes)} (give names or suffixes of these)."
+            )
+    return list(requested)
+
+
+# -- LoRA / QLoRA ----------------------------------------------------------------------------------------
+def weights_changed(backend) -> None:
+    """Forget states computed with older weights: the backend's prefix KV cache, where it has one."""
+    cache = getattr(backend, "prefix_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def add_lora(
+    backend, *, r: int, alpha: float, dropout: float, target_modules: list[str] | None, quantized: bool
+):
+    """Inject a trainable LoRA adapter into ``backend.model`` (in place); return the `PeftModel`."""
+    peft = require("peft", "train")
+    model = backend.model
+    if quantized:
+        # QLoRA: norms/embeddings to fp32, input grads on; the 4-bit weights stay frozen.
+        peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = resolve_targets(model, backend.num_layers, target_modules)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    peft_model = peft.get_peft_model(model, config)
+    if peft_model.base_model.model is not model:  # pragma: no cover - peft changed how it wraps
+        raise RuntimeError(
+            "peft did not inject LoRA in place; promptlab needs the backend's model object kept"
+        )
+    return peft_model
+
+
+def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable LoRA tensors (detached copies), by parameter name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# -- identity, saving, loading ---------------------------------------------------------------------------
+def base_identity(backend) -> dict[str, Any]:
+    described = backend.describe()
+    return {k: described.get(k) for k in _IDENTITY}
+
+
+def same_base(a: dict, b: dict) -> bool:
+    if a.get("model_file_sha256") and b.get("model_file_sha256"):
+        return a["model_file_sha256"] == b["model_file_sha256"]
+    return all(a.get(k) == b.get(k) for k in ("model", "architecture", "num_layers", "hidden_size"))
+
+
+def _describe_base(identity: dict) -> str:
+    sha = identity.get("model_file_sha256")
+    return (
+        f"{identity.get('model')!r} ({identity.get('architecture')}, {identity.get('num_layers')} layers"
+        + (f", sha256 {sha[:12]}…)" if sha else ")")
+    )
+
+
+def save_adapter(peft_model, folder: Path, metadata: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(folder))
+    (folder / ADAPTER_META).write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise PromptlabError(
+            f"{folder} is not a LoRA adapter folder (no adapter_config.json); pass the `best/` folder of a "
+            "`promptlab finetune` run or another peft adapter."
+        )
+    meta = folder / ADAPTER_META
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+
+
+def _file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def attach_adapter(
+    backend, folder: str | Path, *, merge: bool = False, template=None, layer: int | None = None
+):
+    """Load a LoRA adapter onto ``backend.model`` (refusing a different base); ``merge`` folds it in."""
+    peft = require("peft", "train")
+    folder = Path(folder)
+    meta = read_adapter_meta(folder)
+    base = meta.get("base")
+    if base is None:
+        warnings.warn(
+            f"{folder} has no {ADAPTER_META}: cannot check that it was trained on this model.", stacklevel=3
+        )
+    else:
+        mine = base_identity(backend)
+        if not same_base(base, mine):
+            raise PromptlabError(
+                f"adapter {folder} was trained on {_describe_base(base)}, but the model given is "
+                f"{_describe_base(mine)}; load the adapter with --model {base.get('model')}."
+            )
+    trained = meta.get("template", {})
+    if template is not None and trained and trained.get("text") != template.text:
+        warnings.warn(
+            f"adapter {folder} was trained with template {trained.get('name')!r} ({trained.get('text')!r}); "
+            f"embedding with {template.name!r} instead.",
+            stacklevel=3,
+        )
+    if layer is not None and "layer" in meta and meta["layer"] != layer:
+        warnings.warn(
+            f"adapter {folder} was trained at layer {meta['layer']}; reading layer {layer}.", stacklevel=3
+        )
+    model = backend.model
+    peft_model = peft.PeftModel.from_pretrained(model, str(folder))
+    if merge:
+        model = peft_model.merge_and_unload()
+    backend.model = model.eval()
+    weights_changed(backend)
+    backend.info.update(
+        {
+            "adapter": str(folder),
+            "adapter_sha256": _file_sha256(folder / "adapter_model.safetensors"),
+            "adapter_merged": merge,
+        }
+    )
+    return backend

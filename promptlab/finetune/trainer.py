@@ -1,0 +1,421 @@
+"""The CSE training loop: LoRA on a prompt embedding, STS-B dev every K steps, best adapter kept, resumable.
+
+Output folder::
+
+    finetune.json        the full config, the data report, the base model's identity, versions
+    log.jsonl            append-only: start / resume / eval (step, loss, dev score, lr, time) / end
+    best/                the adapter with the best STS-B dev score (+ promptlab_adapter.json)
+    checkpoint-last/     the latest adapter + trainer_state.pt (optimizer, scheduler, RNG states, step)
+
+Resuming restores the adapter, the optimizer and scheduler state and every RNG, and the data order is a
+pure function of (seed, epoch), so a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from promptlab.errors import PromptlabError
+from promptlab.finetune.config import FinetuneConfig
+from promptlab.finetune.data import Example, TrainingData, build_training_data
+from promptlab.finetune.lora import (
+    adapter_weights,
+    add_lora,
+    base_identity,
+    save_adapter,
+    weights_changed,
+)
+from promptlab.finetune.objectives import Objective
+
+STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int  # optimizer steps done in total
+    best_step: int | None
+    best_dev: float | None
+    stopped: str  # "completed" | "time_limit"
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size (``getrusage`` ``ru_maxrss``, KiB on Linux) in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _has_model_dropout(model: torch.nn.Module) -> bool:
+    """Dropout in the model itself (LoRA's own dropout is zero noise at init: B = 0)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0 and "lora_dropout" not in name:
+            return True
+    config = getattr(model, "config", None)
+    return any(
+        isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
+        for k in ("attention_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob", "dropout")
+    )
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+class Trainer:
+    """One fine-tuning run; ``backend`` may be given (tests, notebooks), else it is loaded from config."""
+
+    def __init__(self, config: FinetuneConfig, *, backend=None, data: TrainingData | None = None):
+        from promptlab.embedder import Embedder
+
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.data = data or build_training_data(
+            config.data,
+            objective=config.objective,
+            data_dir=config.data_dir,
+            min_score=config.min_score,
+            holdout=config.holdout,
+            max_examples=config.max_examples,
+            seed=config.seed,
+        )
+        if len(self.data) < 2:
+            raise PromptlabError(
+                f"only {len(self.data)} training example(s); in-batch negatives need at least 2."
+            )
+        if backend is None:
+            from promptlab.backends import load_backend
+
+            quantization = None if config.quantization == "none" else config.quantization
+            backend = load_backend(
+                "transformers", config.model, dtype=config.dtype, quantization=quantization
+            )
+        self.backend = backend
+        # The views are `Embedder`s: the same tokenization, padding, layer and pooling as evaluation.
+        self.view = Embedder(backend, config.template, layer=config.layer, max_length=config.max_length)
+        self.view2 = (
+            Embedder(backend, config.template2, layer=config.layer, max_length=config.max_length)
+            if config.template2
+            else None
+        )
+        if self.view2 is not None and self.view2.template.pooling != self.view.template.pooling:
+            raise PromptlabError(
+                f"templates {self.view.template.name!r} and {self.view2.template.name!r} are read out "
+                f"differently ({self.view.template.pooling} vs {self.view2.template.pooling}); "
+                "use two templates of one kind."
+            )
+        self.base = base_identity(backend)  # before LoRA: what the adapter must be loaded onto
+        torch.manual_seed(config.seed)  # LoRA's A init
+        self.peft_model = add_lora(
+            backend,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            quantized=config.quantization != "none",
+        )
+        self.model = backend.model
+        if config.objective == "dropout" and not _has_model_dropout(self.model):
+            raise PromptlabError(
+                "objective 'dropout' uses the model's dropout noise as the two views, but this model has no "
+                "dropout; use objective 'two_template' (or 'supervised' with pairs)."
+            )
+        self.objective = Objective(
+            config.objective, self.view, config.temperature, self.view2, config.denoise
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        n = len(self.data)
+        self.batch_size = min(config.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self.total_steps = config.steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.out = Path(config.output_dir)
+        self.step = 0
+        self.best_dev: float | None = None
+        self.best_step: int | None = None
+        self.history: list[dict] = []
+        self.loss_window: list[float] = []
+        self._dev = None
+
+    # -- schedule and data order ---------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.config.schedule == "constant":
+            return 1.0
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+    def batch(self, step: int) -> list[Example]:
+        """The examples of optimizer step ``step``: a pure function of (seed, epoch), so resuming is exact."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.data), generator=generator).tolist()
+        rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return [self.data.examples[i] for i in rows]
+
+    # -- dev score -----------------------------------------------------------------------------------------
+    def dev_score(self) -> float:
+        """Spearman x 100 on the (seeded subset of) STS-B dev, through the `Embedder` itself."""
+        from promptlab.evaluation import score_pairs, sts_dev
+
+        if self._dev is None:
+            self._dev = sts_dev(
+                self.config.data_dir, n_pairs=self.config.dev_pairs, seed=self.config.dev_seed
+            )
+        pairs = self._dev
+        unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
+        was_training = self.model.training
+        self.model.eval()
+        weights_changed(self.backend)  # a prefix KV cache from the last dev score is stale now
+        try:
+            vectors = self.view.encode(unique, show_progress_bar=False)
+        finally:
+            self.model.train(was_training)
+        row = {s: i for i, s in enumerate(unique)}
+        first = vectors[[row[s] for s in pairs.sentences1]]
+        second = vectors[[row[s] for s in pairs.sentences2]]
+        return float(score_pairs(first, second, pairs.scores))
+
+    # -- saving --------------------------------------------------------------------------------------------
+    def adapter_metadata(self, step: int, dev: float | None) -> dict[str, Any]:
+        import promptlab
+
+        t = self.view.template
+        return {
+            "base": self.base,
+            "template": {"name": t.name, "kind": t.kind, "text": t.text, "pooling": t.pooling},
+            "layer": self.config.layer,
+            "step": step,
+            "dev_spearman": dev,
+            "dev_pairs": len(self._dev) if self._dev is not None else None,
+            "config": self.config.to_dict(),
+            "promptlab": promptlab.__version__,
+        }
+
+    def _replace_dir(self, name: str, write: Callable[[Path], None]) -> None:
+        """Write a folder next to its final place, then swap it in (an interruption leaves the old one)."""
+        final, tmp, old = self.out / name, self.out / f".{name}.tmp", self.out / f".{name}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def save_checkpoint(self) -> None:
+        def write(folder: Path) -> None:
+            save_adapter(self.peft_model, folder, self.adapter_metadata(self.step, None))
+            state = {
+                "step": self.step,
+                "adapter": adapter_weights(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state(),
+                "best_dev": self.best_dev,
+                "best_step": self.best_step,
+                "history": self.history,
+                "loss_window": self.loss_window,
+            }
+            torch.save(state, folder / STATE)
+
+        self._replace_dir("checkpoint-last", write)
+
+    def load_checkpoint(self) -> None:
+        path = self.out / "checkpoint-last" / STATE
+        if not path.is_file():
+            raise PromptlabError(
+                f"nothing to resume: {path} does not exist; run without --resume to start afresh."
+            )
+        state = torch.load(path, weights_only=False)  # our own file: holds Python RNG state tuples
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["adapter"].items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.step = state["step"]
+        self.best_dev, self.best_step = state["best_dev"], state["best_step"]
+        self.history, self.loss_window = state["history"], state["loss_window"]
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def prepare_output(self, *, resume: bool, overwrite: bool) -> None:
+        import promptlab
+
+        record = self.out / "finetune.json"
+        if resume:
+            if not record.is_file():
+                raise PromptlabError(
+                    f"nothing to resume in {self.out} (no finetune.json); run without --resume."
+                )
+            saved = FinetuneConfig.from_dict(json.loads(record.read_text(encoding="utf-8"))["config"])
+            changed = self.config.differences(saved)
+            if changed:
+                raise PromptlabError(
+                    f"cannot resume {self.out}: the config changed ({'; '.join(changed)}); "
+                    "restore it, or start a new run in another output_dir."
+                )
+            self.load_checkpoint()
+            _append(self.out / "log.jsonl", {"event": "resume", "step": self.step, "time": time.time()})
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            if not overwrite:
+                raise PromptlabError(
+                    f"{self.out} is not empty; pass --resume to continue that run, --overwrite to replace it "
+                    "or choose another output_dir."
+                )
+            if not (self.out / "finetune.json").is_file():
+                raise PromptlabError(
+                    f"{self.out} does not look like a finetune run (no finetune.json); not deleting it."
+                )
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        import peft
+        import transformers
+
+        info = {
+            "config": self.config.to_dict(),
+            "data": self.data.report,
+            "base": self.base,
+            "backend": self.backend.describe(),
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "trainable_parameters": sum(p.numel() for p in self.params),
+            "versions": {
+                "promptlab": promptlab.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+            },
+            "command": sys.argv,
+        }
+        (self.out / "finetune.json").write_text(
+            json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8"
+        )
+        _append(self.out / "log.jsonl", {"event": "start", "time": time.time(), **info})
+
+    def evaluate_and_log(self, elapsed: float) -> dict:
+        dev = self.dev_score()
+        loss = float(np.mean(self.loss_window)) if self.loss_window else None
+        self.loss_window = []
+        entry = {
+            "event": "eval",
+            "step": self.step,
+            "loss": loss,
+            "dev_spearman": dev,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_seconds": round(elapsed, 2),
+        }
+        if dev is not None and (self.best_dev is None or dev > self.best_dev):
+            self.best_dev, self.best_step = dev, self.step
+            self._replace_dir(
+                "best", lambda f: save_adapter(self.peft_model, f, self.adapter_metadata(self.step, dev))
+            )
+            entry["best"] = True
+        self.history.append(entry)
+        _append(self.out / "log.jsonl", entry)
+        return entry
+
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        self.prepare_output(resume=resume, overwrite=overwrite)
+        if not resume:
+            torch.manual_seed(self.config.seed)  # dropout noise
+            random.seed(self.config.seed)
+            np.random.seed(self.config.seed)
+        cfg = self.config
+        show = sys.stderr.isatty() if progress is None else progress
+        start_time = time.perf_counter()
+        prior = self.history[-1]["train_seconds"] if self.history else 0.0
+        stopped = "completed"
+        self.model.train()
+        with tqdm(
+            total=self.total_steps, initial=self.step, desc="finetune", unit="step", disable=not show
+        ) as bar:
+            while self.step < self.total_steps:
+                examples = self.batch(self.step)
+                loss = self.objective.loss(examples)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.loss_window.append(loss.item())
+                elapsed = prior + time.perf_counter() - start_time
+                last = self.step == self.total_steps
+                out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60 and not last
+                postfix = {"loss": f"{self.loss_window[-1]:.3f}"}
+                if last or out_of_time or (cfg.eval_every and self.step % cfg.eval_every == 0):
+                    entry = self.evaluate_and_log(elapsed)
+                    postfix["dev"] = f"{entry['dev_spearman']:.2f}"
+                if last or out_of_time or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save_checkpoint()
+                if self.best_dev is not None:
+                    postfix["best"] = f"{self.best_dev:.2f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(self.step, self.loss_window[-1])
+                if out_of_time:
+                    stopped = "time_limit"
+                    break
+        elapsed = prior + time.perf_counter() - start_time
+        result = TrainResult(
+            self.out, self.step, self.best_step, self.best_dev, stopped, self.history, elapsed, peak_rss_mib()
+        )
+        _append(
+            self.out / "log.jsonl",
+            {
+                "event": "end",
+                "stopped": stopped,
+                "steps": self.step,
+                "best_step": self.best_step,
+                "best_dev_spearman": self.best_dev,
+                "train_seconds": round(elapsed, 1),
+                "peak_rss_mib": round(result.peak_rss_mib, 1),
+                "peak_rss_how": "getrusage(RUSAGE_SELF).ru_maxrss: whole process, model loading included",
+                "time": time.time(),
+            },
+        )
+        return result
+
+
+def train(
+    config: FinetuneConfig, *, backend=None, resume: bool = False, overwrite: bool = False, **run_options
+):
+    """Build a `Trainer` and run it; see `Trainer.run` for ``progress`` and ``on_step``."""
+    return Trainer(config, backend=backend).run(resume=resume, overwrite=overwrite, **run_options)

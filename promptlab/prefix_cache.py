@@ -1,0 +1,221 @@
+"""Prefix KV cache: run the tokens every prompt of a call shares once, and only the rest per batch.
+
+A PromptEOL/PromptBERT prompt is ``head + sentence + tail``; with an in-context demonstration (Jiang et al.,
+2023, "Scaling Sentence Embeddings with Large Language Models") the head is most of the prompt. In a causal
+decoder the states of the head do not depend on what follows, so its keys/values are computed once and
+reused for every batch (the same reuse as vLLM's automatic prefix caching, Kwon et al., 2023).
+
+The shared head is found exactly, as the longest common prefix of the *token ids* of all prompts of a call
+(`shared_prefix_length`): no assumption about where a tokenizer merges the template with the sentence.
+Only the suffixes run per batch, right-padded, with position ids continuing after the prefix and an
+attention mask covering prefix + suffix. The prefix's hidden states are stored too, so every layer (not
+only the last) and every pooling (mean over all tokens included) sees the full prompt, in the batch's own
+padding layout: vectors equal the uncached path's.
+
+Encoders (bidirectional attention) keep the plain path: `PrefixKVCache.supported` checks, with a tiny
+forward, that the model is causal and that its forward accepts ``past_key_values``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from promptlab.tokenization import TokenBatch
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token id sequences, leaving every sequence one own token.
+
+    >>> shared_prefix_length([[5, 6, 7, 8], [5, 6, 9]])
+    2
+    >>> shared_prefix_length([[5, 6, 7], [5, 6, 7]])  # identical prompts: the last token still runs
+    2
+    """
+    if not sequences:
+        return 0
+    first = sequences[0]
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return max(n, 0)
+
+
+@dataclass
+class _Prefix:
+    """One computed prefix: keys/values [1, heads, P, head_dim] and all hidden states [1, P, H] per layer."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden: tuple[torch.Tensor, ...]
+
+
+class _JoinedStates(Sequence):
+    """Hidden states of the full prompts, [B, L, H] per layer, built only for the layers a caller reads."""
+
+    def __init__(self, prefix: tuple[torch.Tensor, ...], suffix: tuple[torch.Tensor, ...], index, real):
+        self._prefix, self._suffix = prefix, suffix
+        self._index, self._real = index, real  # [B, L] position in prefix+suffix; [B, L] bool (not padding)
+
+    def __len__(self) -> int:
+        return len(self._suffix)
+
+    def __getitem__(self, layer):
+        if isinstance(layer, slice):
+            return tuple(self[i] for i in range(len(self))[layer])
+        suffix = self._suffix[layer]  # [B, S, H]
+        batch = suffix.shape[0]
+        joined = torch.cat([self._prefix[layer].expand(batch, -1, -1), suffix], dim=1)  # [B, P+S, H]
+        if self._index is None:  # right padding: the joined layout is the batch's own
+            return joined
+        out = joined.gather(1, self._index.unsqueeze(-1).expand(-1, -1, joined.shape[-1]))  # [B, L, H]
+        return out.masked_fill(~self._real.unsqueeze(-1), 0.0)
+
+
+class PrefixKVCache:
+    """A few computed prefixes (least recently used dropped first) for the model it is called with.
+
+    Stored prefixes are dropped when the model changes: another model object, added or removed parameters
+    (an adapter), or weights updated in place (an optimizer step or a merge bumps tensor version counters).
+    Callers that change weights may also call `clear`.
+    """
+
+    def __init__(self, *, capacity: int = 8):
+        self.capacity = capacity
+        self._store: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        self._weights: tuple[int, int, int] | None = None
+        self._supported: tuple[int, bool] | None = None  # (id(model), causal decoder?)
+        self.hits = 0
+        self.misses = 0
+
+    # -- which models ----------------------------------------------------------------------------------
+    def supported(self, model) -> bool:
+        """True for causal decoders whose forward takes ``past_key_values`` (checked once, on 3 tokens)."""
+        if self._supported is None or self._supported[0] != id(model):
+            self._supported = (id(model), self._check_causal(model))
+        return self._supported[1]
+
+    @staticmethod
+    def _check_causal(model) -> bool:
+        params = inspect.signature(model.forward).parameters
+        if "past_key_values" not in params:
+            return False
+        device = next(model.parameters()).device
+        ids = torch.tensor([[1, 2, 3]], device=device)
+        try:
+            with torch.inference_mode():
+                full = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                head = model(
+                    input_ids=ids[:, :2], attention_mask=torch.ones_like(ids[:, :2]), use_cache=False
+                )
+        except Exception:  # a model that cannot run this probe keeps the plain path
+            return False
+        a, b = full.last_hidden_state[0, :2].float(), head.last_hidden_state[0].float()
+        # A causal model gives the first two tokens the same states whatever follows; an encoder does not.
+        return bool(torch.allclose(a, b, atol=1e-3 * (1 + float(b.abs().max())), rtol=1e-3))
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._weights = None
+
+    def _check_weights(self, model) -> None:
+        params = list(model.parameters())
+        weights = (id(model), len(params), sum(p._version for p in params))
+        if weights != self._weights:
+            self.clear()
+            self._weights = weights
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def _prefix(self, model, ids: torch.Tensor, takes_position_ids: bool) -> _Prefix:
+        self._check_weights(model)
+        key = tuple(ids.tolist())
+        found = self._store.get(key)
+        if found is not None:
+            self._store.move_to_end(key)
+            self.hits += 1
+            return found
+        self.misses += 1
+        ids = ids.unsqueeze(0)  # [1, P]
+        extra = (
+            {"position_ids": torch.arange(ids.shape[1], device=ids.device)[None]}
+            if takes_position_ids
+            else {}
+        )
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            use_cache=True,
+            output_hidden_states=True,
+            return_dict=True,
+            **extra,
+        )
+        cache = out.past_key_values
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        prefix = _Prefix(kv=kv, hidden=tuple(out.hidden_states))
+        self._store[key] = prefix
+        while len(self._store) > self.capacity:
+            self._store.popitem(last=False)
+        return prefix
+
+    def forward_hidden_states(
+        self, model, batch: TokenBatch, *, takes_position_ids: bool
+    ) -> Sequence[torch.Tensor]:
+        """All hidden states [B, L, H] of ``batch`` (either padding side), reusing its shared prefix."""
+        from transformers import DynamicCache
+
+        device = next(model.parameters()).device
+        prefix_len = batch.prefix_length
+        mask = batch.attention_mask.to(device).bool()  # [B, L]
+        input_ids = batch.input_ids.to(device)
+        n, length = input_ids.shape
+        lengths = mask.sum(1)  # [B]
+        start = mask.long().argmax(1)  # [B] first real token (0 with right padding)
+        if not 0 < prefix_len < int(lengths.min()):
+            raise ValueError(f"prefix_length {prefix_len} must leave every row at least one token")
+
+        # Real tokens, packed to the left: compact[b, k] is row b's k-th real token.
+        k = torch.arange(length, device=device)[None]  # [1, L]
+        source = (start[:, None] + k).clamp(max=length - 1)  # [B, L]
+        compact_ids = input_ids.gather(1, source)
+        compact_pos = batch.position_ids.to(device).gather(1, source)
+        prefix_ids = compact_ids[0, :prefix_len]
+        if not bool((compact_ids[:, :prefix_len] == prefix_ids).all()):
+            raise ValueError("the rows of the batch do not share their first prefix_length tokens")
+
+        suffix_len = int(lengths.max()) - prefix_len
+        suffix_ids = compact_ids[:, prefix_len : prefix_len + suffix_len]  # [B, S]
+        suffix_mask = (k[:, :suffix_len] < (lengths - prefix_len)[:, None]).long()  # [B, S], right padding
+        suffix_pos = compact_pos[:, prefix_len : prefix_len + suffix_len]
+        suffix_pos = torch.where(suffix_mask.bool(), suffix_pos, prefix_len + k[:, :suffix_len])
+
+        kwargs: dict[str, Any] = {"position_ids": suffix_pos} if takes_position_ids else {}
+        with torch.inference_mode():
+            prefix = self._prefix(model, prefix_ids, takes_position_ids)
+            past = DynamicCache(
+                ddp_cache_data=[
+                    (key.expand(n, -1, -1, -1), value.expand(n, -1, -1, -1)) for key, value in prefix.kv
+                ],
+                config=model.config,
+            )
+            full_mask = torch.cat(
+                [torch.ones(n, prefix_len, dtype=torch.long, device=device), suffix_mask], 1
+            )
+            out = model(
+                input_ids=suffix_ids,
+                attention_mask=full_mask,  # [B, P+S]
+                past_key_values=past,
+                use_cache=True,
+                output_hidden_states=True,
+                return_dict=True,
+                **kwargs,
+            )
+        if bool((start == 0).all()) and length == prefix_len + suffix_len:
+            return _JoinedStates(prefix.hidden, tuple(out.hidden_states), None, None)
+        # Left padding (or any other layout): put each real token back where the batch has it.
+        index = (k - start[:, None]).clamp(0, prefix_len + suffix_len - 1)  # [B, L]
+        return _JoinedStates(prefix.hidden, tuple(out.hidden_states), index, mask)
