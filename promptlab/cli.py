@@ -18,17 +18,29 @@ from promptlab.errors import PromptlabError
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf file or hub id")
-    p.add_argument("--template", default="prompteol", help="registry name (`promptlab templates`) or text with [X]")
-    p.add_argument("--layer", type=int, default=-1, help="hidden-state layer; -1 is the last, 0 the embeddings")
+    p.add_argument(
+        "--template", default="prompteol", help="registry name (`promptlab templates`) or text with [X]"
+    )
+    p.add_argument(
+        "--layer", type=int, default=-1, help="hidden-state layer; -1 is the last, 0 the embeddings"
+    )
     p.add_argument("--pooling", default=None, help="for prefix templates: cls | cls_mlp | mean | max | last")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)"
+    )
     p.add_argument("--no-normalize-input", action="store_true", help="switch off the template's input rules")
     p.add_argument("--demonstration", default=None, help="in-context example: an id, or best-of:SEARCH.jsonl")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder from `promptlab finetune` (e.g. RUN/best)")
+    p.add_argument(
+        "--adapter", default=None, help="a LoRA adapter folder from `promptlab finetune` (e.g. RUN/best)"
+    )
     p.add_argument("--merge-adapter", action="store_true", help="merge the --adapter into the base weights")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"], help="vllm: extra")
+    p.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"], help="bitsandbytes")
+    p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
 
 
 def build_embedder(args: argparse.Namespace):
@@ -47,7 +59,19 @@ def build_embedder(args: argparse.Namespace):
         adapter=getattr(args, "adapter", None),
         merge_adapter=getattr(args, "merge_adapter", False),
         demonstration=getattr(args, "demonstration", None),
+        backend=getattr(args, "backend", "transformers"),
+        quantization=getattr(args, "quantization", None),
+        cache_dir=_embedding_cache_dir(args),
     )
+
+
+def _embedding_cache_dir(args: argparse.Namespace) -> str | None:
+    """The CLI caches vectors by default (models given by spec are hashed); --no-cache switches it off."""
+    if getattr(args, "no_cache", True):  # a Namespace built without the cache options: no cache
+        return None
+    from promptlab.cache import default_cache_dir
+
+    return getattr(args, "cache_dir", None) or str(default_cache_dir())
 
 
 def _check_output(path: str | None, overwrite: bool) -> Path | None:
@@ -72,10 +96,18 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def make_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a model + template on the STS suite (Spearman x100 of cosine)")
     _add_model_args(p)
-    p.add_argument("--tasks", default=None, help="comma-separated, default all 7: STS12..STS16,STSBenchmark,SICKRelatedness")
-    p.add_argument("--split", default="test", choices=["test", "dev"], help="dev is STS-B/SICK dev, for selection")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated, default all 7: STS12..STS16,STSBenchmark,SICKRelatedness",
+    )
+    p.add_argument(
+        "--split", default="test", choices=["test", "dev"], help="dev is STS-B/SICK dev, for selection"
+    )
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
-    p.add_argument("--source", default="senteval", choices=["senteval", "hub"], help="hub: datasets from the HF Hub")
+    p.add_argument(
+        "--source", default="senteval", choices=["senteval", "hub"], help="hub: datasets from the HF Hub"
+    )
     p.add_argument("--output", default=None, help="write a JSON record (configuration + scores) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.set_defaults(handler=eval_command)
@@ -86,7 +118,9 @@ def eval_command(args: argparse.Namespace) -> int:
     from promptlab.evaluation import evaluate, format_table
 
     output = _check_output(args.output, args.overwrite)
-    tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None  # None: all with the split
+    tasks = (
+        tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
+    )  # None: all with the split
     embedder = build_embedder(args)
     started = time.time()
     result = evaluate(
@@ -97,7 +131,9 @@ def eval_command(args: argparse.Namespace) -> int:
         source=args.source,
     )
     stats = embedder.last_stats
-    label = f"{embedder.describe()['model']}, {embedder.template.name}, layer {args.layer}, {args.dtype}"
+    template = embedder.template
+    shown = template.name + (f" ({template.pooling})" if template.kind == "prefix" else "")
+    label = f"{embedder.describe()['model']}, {shown}, layer {args.layer}, {args.dtype}"
     print(format_table([(label, result, {"sent/s": f"{stats['sentences_per_second']:.1f}"})]))
     if output:
         record = {
@@ -105,7 +141,12 @@ def eval_command(args: argparse.Namespace) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "command": sys.argv,
             "promptlab": promptlab.__version__,
-            "config": {**embedder.describe(), "batch_size": args.batch_size, "tasks": list(result.scores), "split": args.split},
+            "config": {
+                **embedder.describe(),
+                "batch_size": args.batch_size,
+                "tasks": list(result.scores),
+                "split": args.split,
+            },
             "throughput": stats,
             **result.to_dict(),
         }
@@ -151,7 +192,9 @@ def read_sentences(source: str, field: str = "text") -> list[str]:
         return sentences
     for number, line in enumerate(lines, start=1):
         if not line.strip():
-            raise PromptlabError(f"{name} line {number} is empty; remove blank lines (one sentence per line).")
+            raise PromptlabError(
+                f"{name} line {number} is empty; remove blank lines (one sentence per line)."
+            )
     return lines
 
 
@@ -189,7 +232,9 @@ def templates_command(args: argparse.Namespace) -> int:
     rows = [t for t in list_templates() if args.kind in (None, t.kind)]
     width = max(len(t.name) for t in rows)
     for t in rows:
-        print(f"{t.name:<{width}}  {t.kind:<10}  {t.pooling:<10}  {t.text or 'mean of ' + ', '.join(t.members)}")
+        print(
+            f"{t.name:<{width}}  {t.kind:<10}  {t.pooling:<10}  {t.text or 'mean of ' + ', '.join(t.members)}"
+        )
         print(f"{'':<{width}}  {'':<10}  {'':<10}  ({t.paper})")
     return 0
 
@@ -217,6 +262,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"promptlab {promptlab.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from promptlab.experiments.cli import make_report_parser, make_search_parser, make_sweep_parser
     from promptlab.finetune.cli import make_finetune_parser
 
     for make in (
@@ -225,6 +271,9 @@ def make_parser() -> argparse.ArgumentParser:
         make_templates_parser,
         make_models_parser,
         make_finetune_parser,
+        make_sweep_parser,
+        make_search_parser,
+        make_report_parser,
     ):
         make(sub)
     return parser

@@ -80,16 +80,20 @@ def load_demonstrations(path: str | Path) -> list[Demonstration]:
     """The demonstrations of one JSONL file; a malformed row raises an error naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise PromptlabError(f"demonstration file {path} does not exist; pass a .jsonl file or a shipped name.")
+        raise PromptlabError(
+            f"demonstration file {path} does not exist; pass a .jsonl file or a shipped name."
+        )
     demos = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{path}:{number}"
+        where = f"{path} line {number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise PromptlabError(f"{where}: not valid JSON ({err.msg}); write one JSON object per line.") from None
+            raise PromptlabError(
+                f"{where}: not valid JSON ({err.msg}); write one JSON object per line."
+            ) from None
         if not isinstance(row, dict):
             raise PromptlabError(f"{where}: expected a JSON object with id, sentence, word, source.")
         unknown = set(row) - set(_KEYS)
@@ -123,7 +127,8 @@ def _shipped() -> dict[str, Demonstration]:
         for demo in load_demonstrations(path):
             if demo.id in by_id:
                 raise PromptlabError(
-                    f"duplicate demonstration id {demo.id!r} in {demo.file} (already in {by_id[demo.id].file}); "
+                    f"duplicate demonstration id {demo.id!r} in {demo.file} "
+                    f"(already in {by_id[demo.id].file}); "
                     "rename one."
                 )
             by_id[demo.id] = demo

@@ -115,8 +115,14 @@ class Embedder:
         self.last_stats: dict[str, Any] = {}
         self.use_prefix_cache = prefix_cache
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
-        options = dict(batch_size=batch_size, max_length=max_length, padding_side=padding_side,
-                       normalize_input=normalize_input, prefix_cache=prefix_cache, cache_dir=cache_dir)
+        options = dict(
+            batch_size=batch_size,
+            max_length=max_length,
+            padding_side=padding_side,
+            normalize_input=normalize_input,
+            prefix_cache=prefix_cache,
+            cache_dir=cache_dir,
+        )
         self.members = [Embedder(self.backend, name, layer, **options) for name in template.members]
 
     # -- layers ----------------------------------------------------------------------------------------
@@ -162,8 +168,9 @@ class Embedder:
         """Embed at several layers from one forward pass per batch: {layer: float32 [N, H]}."""
         sentences = check_sentences(sentences)
         if self.members:
-            return self._encode_members(sentences, layers, batch_size, normalize_embeddings,
-                                        show_progress_bar)
+            return self._encode_members(
+                sentences, layers, batch_size, normalize_embeddings, show_progress_bar
+            )
         indices = {layer: self.resolve_layer(layer) for layer in layers}
         wanted = sorted(set(indices.values()))
         unique = list(dict.fromkeys(sentences))  # duplicates are embedded once
@@ -183,21 +190,29 @@ class Embedder:
         order = sorted(todo, key=lambda i: -len(prompts[i].ids))
         prefix = shared_prefix_length([p.ids for p in prompts.values()]) if self.use_prefix_cache else 0
         batch_size = batch_size or self.batch_size
-        show = sys.stderr.isatty() and len(unique) > batch_size if show_progress_bar is None else show_progress_bar
+        show = (
+            sys.stderr.isatty() and len(unique) > batch_size
+            if show_progress_bar is None
+            else show_progress_bar
+        )
         n_tokens = 0
         from tqdm.auto import tqdm
 
         with tqdm(total=len(order), unit="sent", disable=not show, desc="embedding") as bar:
             for begin in range(0, len(order), batch_size):
                 rows = order[begin : begin + batch_size]
-                batch = pad_batch([prompts[i] for i in rows], pad_id=self.pad_id, padding_side=self.padding_side)
+                batch = pad_batch(
+                    [prompts[i] for i in rows], pad_id=self.pad_id, padding_side=self.padding_side
+                )
                 batch.prefix_length = prefix
                 n_tokens += batch.num_tokens
                 for index, vectors in self.backend.embed(batch, self.template.pooling, wanted).items():
                     out[index][rows] = vectors.numpy()
                 bar.update(len(rows))
         if namespace and order:
-            self.cache.store(namespace, [unique[i] for i in order], {i: out[i][order] for i in wanted}, self.describe())
+            self.cache.store(
+                namespace, [unique[i] for i in order], {i: out[i][order] for i in wanted}, self.describe()
+            )
         seconds = time.perf_counter() - start
         self.last_stats = {
             "sentences": len(sentences),
@@ -237,7 +252,10 @@ class Embedder:
                 v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         unique = len(set(sentences))
         self.last_stats = {
-            **self.members[-1].last_stats, **stats, "sentences": len(sentences), "unique_sentences": unique,
+            **self.members[-1].last_stats,
+            **stats,
+            "sentences": len(sentences),
+            "unique_sentences": unique,
             "sentences_per_second": unique / stats["seconds"] if stats["seconds"] > 0 else float("inf"),
         }
         return result

@@ -159,7 +159,9 @@ class Template:
             sentence = sentence.replace('"', "'")
         return sentence
 
-    def render(self, sentence: str, mask_token: str | None = None, *, normalized: bool = False) -> RenderedPrompt:
+    def render(
+        self, sentence: str, mask_token: str | None = None, *, normalized: bool = False
+    ) -> RenderedPrompt:
         """The prompt text for one sentence; ``[MASK]`` becomes ``mask_token`` (required for mask kinds)."""
         if self.kind == "ensemble":
             raise PromptlabError(f"template {self.name!r} is an ensemble: render its members instead.")

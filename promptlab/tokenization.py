@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from promptlab.errors import PromptlabError
-from promptlab.templates import Template
+from promptlab.templates import SLOT, Template
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class PromptTokenizer:
             )
         self.tokenizer = tokenizer
         # We tokenize over-long prompts on purpose (to cut them inside the slot): silence that warning.
-        getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
+        getattr(tokenizer, "deprecation_warnings", {})[
+            "sequence-length-is-longer-than-the-specified-maximum"
+        ] = True
         self.template = template
         self.mask_token = tokenizer.mask_token if template.kind == "mask" else None
         if template.kind == "mask" and self.mask_token is None:
@@ -95,8 +97,12 @@ class PromptTokenizer:
     def _shorten(self, rendered, overflow: int):
         """Cut the sentence (inside the slot) by at least ``overflow`` tokens, at a token boundary."""
         sentence = rendered.sentence
-        offsets = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        keep = len(offsets) - overflow - 1  # one spare token: re-tokenizing at the cut can merge differently
+        offsets = self.tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        copies = self.template.text.count(SLOT)  # a span template (Echo) may show the sentence twice
+        # One spare token: re-tokenizing at the cut can merge differently.
+        keep = len(offsets) - -(-overflow // copies) - 1
         if keep <= 0:
             raise PromptlabError(
                 f"template {self.template.name!r} alone is longer than max_length={self.max_length} tokens; "

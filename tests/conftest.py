@@ -22,7 +22,9 @@ CORPUS = [
     "query: Represent the sentence for searching relevant passages",
 ]
 
-SENTEVAL = Path(os.environ.get("PROMPTLAB_DATA", Path(__file__).resolve().parents[2] / "shared/data/senteval"))
+SENTEVAL = Path(
+    os.environ.get("PROMPTLAB_DATA", Path(__file__).resolve().parents[2] / "shared/data/senteval")
+)
 
 
 def _bpe_tokenizer(bos: str | None):
@@ -61,8 +63,13 @@ def tiny_llama():
     tokenizer = _bpe_tokenizer(bos=None)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     return LlamaModel(config).eval(), tokenizer
 
@@ -76,8 +83,14 @@ def tiny_opt():
     tokenizer = _bpe_tokenizer(bos="<s>")
     torch.manual_seed(0)
     config = OPTConfig(
-        vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-        word_embed_proj_dim=32, max_position_embeddings=256, pad_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.eos_token_id,
     )
     return OPTModel(config).eval(), tokenizer
 
@@ -91,8 +104,12 @@ def tiny_bert():
     tokenizer = _wordpiece_tokenizer()
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
     )
     return BertModel(config).eval(), tokenizer
 
@@ -102,3 +119,23 @@ def backend_for(model_and_tokenizer):
 
     model, tokenizer = model_and_tokenizer
     return TransformersBackend(model, tokenizer, info={"model": "tiny-random", "dtype": "float32"})
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet():
+    """(model, tokenizer): a 2-layer random MPNet; its positions start at padding_idx + 1 (RoBERTa-style)."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    tokenizer = _wordpiece_tokenizer()
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=80,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return MPNetModel(config).eval(), tokenizer

@@ -53,9 +53,10 @@ def test_next_token_vector_equals_independent_forward(request, fixture, padding_
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("layer", [-1, 1])
-def test_mask_vector_equals_independent_forward(tiny_bert, padding_side, layer):
-    model, tokenizer = tiny_bert
-    embedder = Embedder(backend_for(tiny_bert), "promptbert", layer=layer, padding_side=padding_side)
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_mpnet"])
+def test_mask_vector_equals_independent_forward(request, fixture, padding_side, layer):
+    model, tokenizer = request.getfixturevalue(fixture)
+    embedder = Embedder(backend_for((model, tokenizer)), "promptbert", layer=layer, padding_side=padding_side)
     vectors = embedder.encode(SENTENCES, batch_size=2)
     for sentence, vector in zip(SENTENCES, vectors, strict=True):
         s = sentence if sentence[-1] in ".?!\"'" else sentence + "."
@@ -107,7 +108,9 @@ def test_duplicates_are_embedded_once_and_order_is_kept(tiny_llama):
     backend = backend_for(tiny_llama)
     seen = []
     embed = backend.embed
-    backend.embed = lambda batch, pooling, layers: seen.append(len(batch.input_ids)) or embed(batch, pooling, layers)
+    backend.embed = lambda batch, pooling, layers: (
+        seen.append(len(batch.input_ids)) or embed(batch, pooling, layers)
+    )
     embedder = Embedder(backend, "prompteol")
     vectors = embedder.encode(SENTENCES * 3)
     assert sum(seen) == 4 and embedder.last_stats["unique_sentences"] == 4
@@ -159,7 +162,11 @@ def test_normalize_embeddings_and_single_string(tiny_llama):
 
 @pytest.mark.parametrize(
     ("sentences", "message"),
-    [(["fine", "   "], "sentence #2 is empty"), ([""], "sentence #1 is empty"), (["ok", 3], "sentence #2 is a int")],
+    [
+        (["fine", "   "], "sentence #2 is empty"),
+        ([""], "sentence #1 is empty"),
+        (["ok", 3], "sentence #2 is a int"),
+    ],
 )
 def test_bad_sentences_are_refused(tiny_llama, sentences, message):
     with pytest.raises(PromptlabError, match=message):

@@ -26,8 +26,8 @@ def test_registry_has_the_paper_templates():
     [
         ("A man is smoking", 'This sentence : "A man is smoking." means in one word:"'),
         ("Is it?", 'This sentence : "Is it?" means in one word:"'),
-        ('He said "hi"', "This sentence : \"He said 'hi'\" means in one word:\""),
-        ('a "b" c', "This sentence : \"a 'b' c.\" means in one word:\""),
+        ('He said "hi"', 'This sentence : "He said \'hi\'" means in one word:"'),
+        ('a "b" c', 'This sentence : "a \'b\' c." means in one word:"'),
     ],
 )
 def test_prompteol_normalisation(sentence, expected):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from promptlab.tokenization import TokenBatch
 
-BACKENDS = ("transformers",)
+BACKENDS = ("transformers", "vllm")
 
 
 @runtime_checkable
@@ -43,4 +43,8 @@ def load_backend(name: str, model, **options) -> Backend:
         from promptlab.backends.transformers import TransformersBackend
 
         return TransformersBackend.load(model, **options)
+    if name == "vllm":
+        from promptlab.backends.vllm import VllmBackend
+
+        return VllmBackend.load(model, **options)
     raise PromptlabError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")

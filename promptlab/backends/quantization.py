@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from typing import Any
 
 from promptlab.errors import PromptlabError, unknown_name
@@ -63,6 +64,8 @@ def check_quantization(name: str, device: str = "cpu") -> str:
             f"bitsandbytes {found} cannot run {name} on {device} here ({first}); use a CUDA GPU, upgrade "
             f"with `{INSTALL_HINT}` (bitsandbytes >= 0.45 runs 8/4-bit on CPU), or drop --quantization."
         ) from None
+    if name == "int8":  # said once per matmul on CPU; the cast is how LLM.int8 runs there
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     return found
 
 

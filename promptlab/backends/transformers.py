@@ -31,6 +31,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _position_offset(model) -> int:
+    """Where the model's position ids start for the first real token.
+
+    RoBERTa/MPNet-style absolute position embeddings reserve rows up to their ``padding_idx`` and number real
+    tokens from ``padding_idx + 1``; other models count from 0. Passing 0-based ids to the former shifts every
+    position by two and costs several STS points, so the offset is read from the embedding itself.
+    """
+    for name, module in model.named_modules():
+        if (
+            name.endswith("position_embeddings")
+            and isinstance(module, torch.nn.Embedding)
+            and module.padding_idx is not None
+        ):
+            return module.padding_idx + 1
+    return 0
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -44,6 +61,7 @@ class TransformersBackend:
         self.pooler = getattr(model, "pooler", None)
         params = inspect.signature(model.forward).parameters
         self._takes_position_ids = "position_ids" in params
+        self.position_offset = _position_offset(model)
         self._takes_use_cache = "use_cache" in params
         self.info = dict(info or {})
         self.prefix_cache = PrefixKVCache()  # used when a batch declares a shared prefix
@@ -57,8 +75,12 @@ class TransformersBackend:
         ``quantization``: ``int8`` | ``nf4`` | ``fp4`` loads the linear layers through bitsandbytes.
         """
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from promptlab.backends import quantization as quant
+
+        # A per-tensor "Loading weights" bar would bury our own output; loads take seconds from the cache.
+        hf_logging.disable_progress_bar()
         from promptlab.models import resolve_model
 
         resolved = resolve_model(model) if isinstance(model, str) else model
@@ -111,7 +133,7 @@ class TransformersBackend:
             "return_dict": True,
         }
         if self._takes_position_ids:
-            kwargs["position_ids"] = batch.position_ids.to(device)
+            kwargs["position_ids"] = (batch.position_ids + self.position_offset).to(device)
         if self._takes_use_cache:
             kwargs["use_cache"] = False
         with torch.inference_mode(not grad):

@@ -29,9 +29,45 @@ EVAL_SETS = (
 )
 # Words that only echo the prompt, not the sentence.
 _JUNK = {
-    "this", "sentence", "means", "mean", "meaning", "word", "one", "the", "a", "an", "it", "is", "in", "that",
-    "these", "those", "there", "which", "what", "who", "he", "she", "they", "we", "you", "and", "or", "but",
-    "of", "to", "for", "with", "on", "at", "by", "from", "two", "three", "some",
+    "this",
+    "sentence",
+    "means",
+    "mean",
+    "meaning",
+    "word",
+    "one",
+    "the",
+    "a",
+    "an",
+    "it",
+    "is",
+    "in",
+    "that",
+    "these",
+    "those",
+    "there",
+    "which",
+    "what",
+    "who",
+    "he",
+    "she",
+    "they",
+    "we",
+    "you",
+    "and",
+    "or",
+    "but",
+    "of",
+    "to",
+    "for",
+    "with",
+    "on",
+    "at",
+    "by",
+    "from",
+    "two",
+    "three",
+    "some",
 }
 _WORD = re.compile(r"^[A-Za-z][A-Za-z-]{1,24}$")
 
@@ -99,14 +135,27 @@ class GreedyGenerator:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
             ids = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                **enc,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
             )
         return self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def build_self_labelled_pool(model: str = "smollm2-135m", *, n: int = 100, seed: int = 0, data_dir=None,
-                             dtype: str = "bfloat16", min_words: int = 4, max_words: int = 20):
+def build_self_labelled_pool(
+    model: str = "smollm2-135m",
+    *,
+    n: int = 100,
+    seed: int = 0,
+    data_dir=None,
+    dtype: str = "bfloat16",
+    min_words: int = 4,
+    max_words: int = 20,
+):
     """``n`` STS-B train demonstrations labelled by ``model`` itself; returns (demonstrations, stats)."""
     from promptlab.models import resolve_model
     from promptlab.registry import get_template
@@ -134,23 +183,30 @@ def build_self_labelled_pool(model: str = "smollm2-135m", *, n: int = 100, seed:
             if word is None:
                 rejected.append(text)
                 continue
-            demos.append(Demonstration(
-                id=f"stsb-train-{len(demos) + 1:04d}",
-                sentence=sentence,
-                word=word,
-                source=(
-                    f"STS-B train line {number}, sentence {column}; word generated greedily by {resolved.name} "
-                    f"({dtype}) after the prompteol template"
-                ),
-            ))
+            demos.append(
+                Demonstration(
+                    id=f"stsb-train-{len(demos) + 1:04d}",
+                    sentence=sentence,
+                    word=word,
+                    source=(
+                        f"STS-B train line {number}, sentence {column}; "
+                        f"word generated greedily by {resolved.name} "
+                        f"({dtype}) after the prompteol template"
+                    ),
+                )
+            )
             if len(demos) == n:
                 break
         if len(demos) == n:
             break
     if len(demos) < n:
         raise PromptlabError(f"only {len(demos)} of {n} candidates got a one-word label; lower --n.")
-    stats = {"clean_train_sentences": len(candidates), "labelled": tried, "rejected": len(rejected),
-             "rejected_examples": rejected[:10]}
+    stats = {
+        "clean_train_sentences": len(candidates),
+        "labelled": tried,
+        "rejected": len(rejected),
+        "rejected_examples": rejected[:10],
+    }
     return demos, stats
 
 
@@ -163,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--output", required=True)
     args = p.parse_args(argv)
-    demos, stats = build_self_labelled_pool(args.model, n=args.n, seed=args.seed, data_dir=args.data_dir,
-                                            dtype=args.dtype)
+    demos, stats = build_self_labelled_pool(
+        args.model, n=args.n, seed=args.seed, data_dir=args.data_dir, dtype=args.dtype
+    )
     Path(args.output).write_text("".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in demos))
     print(json.dumps(stats, indent=2), file=sys.stderr)
     return 0

@@ -91,6 +91,14 @@ class FinetuneConfig:
         },
     )
 
+    lora_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "adapt only the N blocks just below the read-out layer (backward stops there: cheaper); "
+            "default: every block below it"
+        },
+    )
+
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
@@ -156,6 +164,10 @@ class FinetuneConfig:
         need(self.lora_r > 0, f"lora_r = {self.lora_r} must be a positive rank (e.g. 8).")
         need(self.lora_alpha > 0, f"lora_alpha = {self.lora_alpha} must be positive.")
         need(0 <= self.lora_dropout < 1, f"lora_dropout = {self.lora_dropout} must be in [0, 1).")
+        need(
+            self.lora_layers is None or self.lora_layers > 0,
+            f"lora_layers = {self.lora_layers} must be positive.",
+        )
         need(self.warmup_steps >= 0, f"warmup_steps = {self.warmup_steps} must be >= 0.")
         need(
             self.eval_every >= 0,

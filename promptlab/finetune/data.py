@@ -176,7 +176,8 @@ def all_sentences(source: str, data_dir=None) -> list[Example]:
 
     task = {"sick-train": "SICKRelatedness", "stsb-train": "STSBenchmark"}[source]
     (pairs,) = load_task(task, data_dir=data_dir, split="train")
-    return [Example(s) for s in dict.fromkeys(pairs.sentences1 + pairs.sentences2)]
+    pairwise = (t for a, b in zip(pairs.sentences1, pairs.sentences2, strict=True) for t in (a, b))
+    return [Example(s) for s in dict.fromkeys(pairwise)]
 
 
 def load_source(source: str, *, data_dir=None, min_score: float = 4.0, labels: bool = True) -> list[Example]:

@@ -66,26 +66,45 @@ def block_linear_suffixes(model: nn.Module, num_layers: int) -> tuple[str | None
     return stack, sorted(suffixes)
 
 
-def resolve_targets(model: nn.Module, num_layers: int, requested: list[str] | None) -> str | list[str]:
-    """peft ``target_modules``: a regex over every Linear in the blocks, or the user's suffixes, checked."""
+def resolve_targets(
+    model: nn.Module, num_layers: int, requested: list[str] | None, blocks: range | None = None
+) -> str | list[str]:
+    """peft ``target_modules``: a regex over the chosen Linear layers of the chosen blocks.
+
+    ``requested``: module-name suffixes (``q_proj``, ``self_attn.v_proj``); None takes every Linear of a
+    block. ``blocks``: block indices to adapt (None: all). Each requested name must match something.
+    """
     stack, suffixes = block_linear_suffixes(model, num_layers)
-    if requested is None:
-        if not suffixes:
-            raise PromptlabError(
-                "found no nn.Linear layers in this model to put LoRA on; set target_modules."
-            )
-        if stack is None:  # no block stack recognised: every Linear layer, by full name
-            return sorted(suffixes)
-        prefix = rf"{re.escape(stack)}\." if stack else ""
-        return rf"^{prefix}\d+\.(?:{'|'.join(re.escape(s) for s in suffixes)})$"
-    names = linear_names(model)
-    for target in requested:
-        if not any(name == target or name.endswith("." + target) for name in names):
-            raise PromptlabError(
-                f"LoRA target module {target!r} matches no nn.Linear layer of this model; "
-                f"its block layers are: {', '.join(suffixes)} (give names or suffixes of these)."
-            )
-    return list(requested)
+    if not suffixes:
+        raise PromptlabError("found no nn.Linear layers in this model to put LoRA on; set target_modules.")
+    chosen = suffixes
+    if requested is not None:
+        chosen = []
+        for target in requested:
+            hits = [s for s in suffixes if s == target or s.endswith("." + target)]
+            if not hits:
+                raise PromptlabError(
+                    f"LoRA target module {target!r} matches no nn.Linear layer of this model; "
+                    f"its {'block ' if stack is not None else ''}layers are: {', '.join(suffixes)} "
+                    "(give names or suffixes of these)."
+                )
+            chosen += [h for h in hits if h not in chosen]
+    if stack is None:  # no block stack recognised: the Linear layers by full name
+        return sorted(chosen)
+    indices = blocks if blocks is not None else range(num_layers)
+    prefix = rf"{re.escape(stack)}\." if stack else ""
+    layers = "|".join(str(i) for i in indices)
+    return rf"^{prefix}(?:{layers})\.(?:{'|'.join(re.escape(s) for s in sorted(chosen))})$"
+
+
+def blocks_below(read_layer: int, num_layers: int, count: int | None) -> range:
+    """The ``count`` blocks just below hidden-state index ``read_layer`` (blocks above it change nothing)."""
+    top = read_layer % (num_layers + 1)
+    if top == 0:
+        raise PromptlabError(
+            "layer 0 is the embedding output: no block feeds it, so LoRA has nothing to train."
+        )
+    return range(max(0, top - (count or top)), top)
 
 
 # -- LoRA / QLoRA ----------------------------------------------------------------------------------------
@@ -97,7 +116,14 @@ def weights_changed(backend) -> None:
 
 
 def add_lora(
-    backend, *, r: int, alpha: float, dropout: float, target_modules: list[str] | None, quantized: bool
+    backend,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | None,
+    quantized: bool,
+    blocks: range | None = None,
 ):
     """Inject a trainable LoRA adapter into ``backend.model`` (in place); return the `PeftModel`."""
     peft = require("peft", "train")
@@ -105,7 +131,7 @@ def add_lora(
     if quantized:
         # QLoRA: norms/embeddings to fp32, input grads on; the 4-bit weights stay frozen.
         peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    targets = resolve_targets(model, backend.num_layers, target_modules)
+    targets = resolve_targets(model, backend.num_layers, target_modules, blocks)
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     peft_model = peft.get_peft_model(model, config)
     if peft_model.base_model.model is not model:  # pragma: no cover - peft changed how it wraps

@@ -36,6 +36,7 @@ from promptlab.finetune.lora import (
     adapter_weights,
     add_lora,
     base_identity,
+    blocks_below,
     save_adapter,
     weights_changed,
 )
@@ -130,6 +131,7 @@ class Trainer:
             dropout=config.lora_dropout,
             target_modules=config.target_modules,
             quantized=config.quantization != "none",
+            blocks=blocks_below(self.view.layer_index, backend.num_layers, config.lora_layers),
         )
         self.model = backend.model
         if config.objective == "dropout" and not _has_model_dropout(self.model):
@@ -330,7 +332,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": round(elapsed, 2),
         }
-        if dev is not None and (self.best_dev is None or dev > self.best_dev):
+        if not math.isnan(dev) and (self.best_dev is None or dev > self.best_dev):  # NaN: constant vectors
             self.best_dev, self.best_step = dev, self.step
             self._replace_dir(
                 "best", lambda f: save_adapter(self.peft_model, f, self.adapter_metadata(self.step, dev))
@@ -368,17 +370,24 @@ class Trainer:
                 examples = self.batch(self.step)
                 loss = self.objective.loss(examples)
                 loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                self.loss_window.append(loss.item())
+                loss_value = loss.item()
+                self.loss_window.append(loss_value)
+                step_entry = {
+                    "event": "step",
+                    "step": self.step,
+                    "loss": loss_value,
+                    "grad_norm": float(grad_norm),
+                }
+                _append(self.out / "log.jsonl", {**step_entry, "lr": self.scheduler.get_last_lr()[0]})
                 elapsed = prior + time.perf_counter() - start_time
                 last = self.step == self.total_steps
                 out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60 and not last
-                postfix = {"loss": f"{self.loss_window[-1]:.3f}"}
+                postfix = {"loss": f"{loss_value:.3f}"}
                 if last or out_of_time or (cfg.eval_every and self.step % cfg.eval_every == 0):
                     entry = self.evaluate_and_log(elapsed)
                     postfix["dev"] = f"{entry['dev_spearman']:.2f}"
@@ -389,7 +398,7 @@ class Trainer:
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 if on_step is not None:
-                    on_step(self.step, self.loss_window[-1])
+                    on_step(self.step, loss_value)
                 if out_of_time:
                     stopped = "time_limit"
                     break

@@ -1,0 +1,165 @@
+"""STS cost and peak memory of bitsandbytes quantization (int8, nf4, fp4) against float32 and bfloat16.
+
+Each configuration runs in its own child process (peak RSS from wait4) on the same pairs: STS-B test and
+SICK-R test, or a seeded sample of ``--pairs`` pairs of each (the CPU budget here does not allow the full
+seven tasks with bitsandbytes' CPU kernels). Reports Spearman x 100 per task, the change against float32,
+the mean cosine between each configuration's vectors and float32's, and peak memory.
+
+    python benchmarks/quant_sts.py --pairs 300 --output experiments/bench/quant-smollm2-135m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import spawn  # noqa: E402
+
+CONFIGS = {
+    "fp32": {},
+    "bf16": {"dtype": "bfloat16"},
+    "int8": {"quantization": "int8"},
+    "nf4": {"quantization": "nf4"},
+    "fp4": {"quantization": "fp4"},
+}
+TASKS = ("STSBenchmark", "SICKRelatedness")
+
+
+def load_pairs(data_dir, pairs: int, seed: int) -> dict[str, tuple[list[str], list[str], list[float]]]:
+    from promptlab.evaluation import load_task
+
+    out = {}
+    for task in TASKS:
+        (part,) = load_task(task, split="test", data_dir=data_dir)
+        rows = list(range(len(part.sentences1)))
+        if pairs and pairs < len(rows):
+            rows = sorted(random.Random(seed).sample(rows, pairs))
+        out[task] = (
+            [part.sentences1[i] for i in rows],
+            [part.sentences2[i] for i in rows],
+            [float(part.scores[i]) for i in rows],
+        )
+    return out
+
+
+def child(args) -> int:
+    import numpy as np
+    import torch
+
+    from promptlab.embedder import Embedder
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    data = json.loads(Path(args.pairs_file).read_text())
+    sentences = sorted({s for a, b, _ in data.values() for s in a + b})
+    embedder = Embedder(args.model, "prompteol", **CONFIGS[args.child])
+    start = time.perf_counter()
+    vectors = embedder.encode(sentences, show_progress_bar=False)
+    seconds = time.perf_counter() - start
+    np.save(args.vectors, vectors)
+    print("BENCH-RESULT " + json.dumps({"seconds": seconds, "sentences": len(sentences)}), flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--pairs", type=int, default=300, help="pairs sampled per task (0: the whole test set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default="fp32,bf16,int8,nf4,fp4")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--output", required=True)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--vectors", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    load = os.getloadavg()
+    data = load_pairs(args.data_dir, args.pairs, args.seed)
+    sentences = sorted({s for a, b, _ in data.values() for s in a + b})
+    index = {s: i for i, s in enumerate(sentences)}
+    work = Path(tempfile.mkdtemp())
+    (work / "pairs.json").write_text(json.dumps(data))
+    results, vectors = {}, {}
+    for name in [c.strip() for c in args.configs.split(",")]:
+        files = ["--pairs-file", str(work / "pairs.json"), "--vectors", str(work / f"{name}.npy")]
+        argv_child = [__file__, "--child", name, "--model", args.model, *files, "--output", "-"]
+        result, rss, tail = spawn(sys.executable, argv_child, 4 * 3600)
+        if result is None:
+            print(f"{name}: FAILED\n{tail}", flush=True)
+            results[name] = {"error": tail[-600:]}
+            continue
+        v = np.load(work / f"{name}.npy")
+        vectors[name] = v
+        scores = {}
+        for task, (a, b, gold) in data.items():
+            x, y = v[[index[s] for s in a]], v[[index[s] for s in b]]
+            cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+            scores[task] = 100 * spearmanr(cos, gold).statistic
+        results[name] = {
+            **result,
+            "scores": scores,
+            "average": sum(scores.values()) / len(scores),
+            "peak_rss_mib": rss,
+            "sentences_per_second": result["sentences"] / result["seconds"],
+        }
+        print(f"{name}: {scores} avg {results[name]['average']:.2f}, {rss:.0f} MiB, "
+              f"{results[name]['sentences_per_second']:.1f} sent/s", flush=True)  # fmt: skip
+    if "fp32" in vectors:
+        ref = vectors["fp32"]
+        for name, v in vectors.items():
+            cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
+            results[name]["cosine_to_fp32"] = {"mean": float(cos.mean()), "min": float(cos.min())}
+            results[name]["delta_average"] = results[name]["average"] - results["fp32"]["average"]
+    record = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, *sys.argv],
+        "model": args.model,
+        "tasks": list(TASKS),
+        "pairs_per_task": {t: len(d[0]) for t, d in data.items()},
+        "seed": args.seed,
+        "unique_sentences": len(sentences),
+        "load_average_at_start": load,
+        "results": results,
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        f"{args.model}, prompteol, {record['pairs_per_task']} test pairs (seed {args.seed}), "
+        f"{len(sentences)} unique sentences; load average at start {load[0]:.2f}",
+        "",
+        "| config | "
+        + " | ".join(TASKS)
+        + " | avg | Δ vs fp32 | cos to fp32 (mean/min) | peak RSS MiB | sent/s |",
+        "|---|" + "---:|" * (len(TASKS) + 5),
+    ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed |")
+            continue
+        cos = r.get("cosine_to_fp32", {"mean": float("nan"), "min": float("nan")})
+        lines.append(
+            f"| {name} | " + " | ".join(f"{r['scores'][t]:.2f}" for t in TASKS)
+            + f" | {r['average']:.2f} | {r.get('delta_average', float('nan')):+.2f} | "
+            f"{cos['mean']:.4f} / {cos['min']:.4f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['sentences_per_second']:.1f} |"
+        )  # fmt: skip
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``promptlab sweep``, ``promptlab search-demos`` and ``promptlab report``: parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- sweep ----------------------------------------------------------------------------------------------
+def make_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="models x templates x layers x demonstrations x dtypes on STS-B dev")
+    p.add_argument("config", help="sweep config (.toml), e.g. experiments/sweep-smollm2-templates.toml")
+    p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
+    p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
+    p.add_argument("--check", action="store_true", help="validate the config and print the plan, run nothing")
+    p.set_defaults(handler=sweep_command)
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from promptlab.experiments.sweep import SweepConfig, plan, run_sweep
+
+    config = SweepConfig.from_toml(args.config, data_dir=args.data_dir)
+    if args.check:
+        for job in plan(config):
+            print(f"{job.model} {job.dtype} {job.template_name} demo={job.demo_id} layers={list(job.layers)}")
+        return 0
+    started = time.perf_counter()
+    rows = run_sweep(config, args.output, log=_log)
+    best = max((r for r in rows if r.get("score") is not None), key=lambda r: r["score"], default=None)
+    if best:
+        k = best["key"]
+        print(
+            f"best: {k['model']} {k['template']} demo={k['demonstration']} layer {k['layer']} {k['dtype']}: "
+            f"{best['score']:.2f}"
+        )
+    _log(f"{len(rows)} rows in {args.output}; {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+# -- search-demos ---------------------------------------------------------------------------------------
+def make_search_parser(sub) -> None:
+    p = sub.add_parser("search-demos", help="score every demonstration of a pool on STS-B dev")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf file or hub id")
+    p.add_argument(
+        "--pool", default="all", help="all | a shipped file name (definitions, ...) | a .jsonl path"
+    )
+    p.add_argument("--template", default="prompteol", help="a next_token (or mask) template")
+    p.add_argument("--layer", type=int, default=-1)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dev-pairs", type=int, default=None, help="a seeded subset of STS-B dev (default: all 1500)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --dev-pairs subset")
+    p.add_argument("--top", type=int, default=10, help="print the k best")
+    p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
+    p.set_defaults(handler=search_command)
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from promptlab.demonstrations import load_pool
+    from promptlab.experiments.scoring import Benchmark
+    from promptlab.experiments.search import format_top, run_search
+
+    pool, excluded = load_pool(args.pool)
+    if excluded:
+        _log(
+            f"left out {len(excluded)} demonstration(s) whose sentence occurs in STS dev/test data: "
+            + ", ".join(d.id for d in excluded)
+        )
+    benchmark = Benchmark(dev_pairs=args.dev_pairs, seed=args.seed, data_dir=args.data_dir)
+    started = time.perf_counter()
+    rows = run_search(
+        args.model,
+        pool,
+        args.output,
+        template=args.template,
+        layer=args.layer,
+        dtype=args.dtype,
+        benchmark=benchmark,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        pool_name=args.pool,
+        log=_log,
+    )
+    print(format_top(rows, args.top))
+    _log(
+        f"{len(rows)} rows in {args.output}; {time.perf_counter() - started:.0f} s. "
+        f"Use the best with --demonstration best-of:{args.output}"
+    )
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------------------
+def make_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="markdown tables and PNG plots from sweep/search results")
+    p.add_argument("results", nargs="+", help="results JSONL files")
+    p.add_argument(
+        "--output-dir", default=None, help="where report.md and the PNGs go (default: beside the first)"
+    )
+    p.set_defaults(handler=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from promptlab.experiments.report import write_report
+
+    output_dir = args.output_dir or str(Path(args.results[0]).parent)
+    print(write_report(args.results, output_dir))
+    return 0

@@ -1,0 +1,162 @@
+"""Demonstration search: score every candidate of a pool on STS-B dev, one JSONL row per candidate.
+
+PromptEOL (Jiang et al., 2023) picks, per model, the single demonstration that scores best on STS-B dev.
+`run_search` loads the model once, scores a no-demonstration baseline and then each candidate
+(`Embedder(backend, template, demonstration=...)` on the shared backend), appending one fsynced row as
+each finishes; rerunning the same search skips finished candidates. `best_demonstration` reads a results
+file back, for ``--demonstration best-of:RESULTS.jsonl``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from promptlab.demonstrations import Demonstration
+from promptlab.errors import PromptlabError
+from promptlab.experiments.results import ResultsFile, read_rows
+from promptlab.experiments.scoring import Benchmark
+
+KIND = "demo-search"
+BASELINE = "none"
+
+
+def run_search(
+    model: str,
+    pool: list[Demonstration],
+    output: str | Path,
+    *,
+    template: str = "prompteol",
+    layer: int = -1,
+    dtype: str = "bfloat16",
+    benchmark: Benchmark | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    backend: Any = None,
+    pool_name: str = "",
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first."""
+    from promptlab.demonstrations import with_demonstration
+    from promptlab.embedder import Embedder
+    from promptlab.registry import get_template
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    benchmark = benchmark or Benchmark()
+    base = get_template(template)
+    with_demonstration(base, pool[0])  # refuses, before any work, a template kind that takes none
+    ids = [d.id for d in pool]
+    if len(set(ids)) != len(ids):
+        raise PromptlabError("the pool lists a demonstration id twice; make ids unique.")
+    fixed = {
+        **benchmark.fixed(),
+        "model": model,
+        "dtype": dtype,
+        "template": base.name,
+        "template_text": base.text,
+        "layer": layer,
+        "max_length": max_length,
+    }
+    results = ResultsFile(output, KIND, fixed)
+    for demo in pool:
+        row = results.done({"demonstration": demo.id})
+        if row is not None and row.get("demonstration") != demo.to_dict():
+            raise PromptlabError(
+                f"{output}: candidate {demo.id!r} was scored with another sentence or word than the pool has "
+                "now; write to another output."
+            )
+    todo = [None, *pool]
+    todo = [d for d in todo if results.done({"demonstration": d.id if d else BASELINE}) is None]
+    log(
+        f"demonstration search: {len(pool)} candidates{f' from {pool_name}' if pool_name else ''} + baseline;"
+        f" {len(pool) + 1 - len(todo)} done, {len(todo)} to do; {benchmark.label()};"
+        f" {base.name}, layer {layer}"
+    )
+    if todo:
+        if backend is None:
+            from promptlab.backends import load_backend
+
+            backend = load_backend("transformers", model, dtype=dtype)
+        digest = backend.describe().get("model_file_sha256")
+        stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
+        if digest and stored and stored != {digest}:
+            raise PromptlabError(
+                f"{output}: rows were computed from other weights of {model}; use another output."
+            )
+    for number, demo in enumerate(todo, start=1):
+        embedder = Embedder(
+            backend, base, layer=layer, batch_size=batch_size, max_length=max_length, demonstration=demo
+        )
+        index = embedder.layer_index
+        records, seconds = benchmark.score_layers(embedder, [index], progress=progress)
+        record = records[index]
+        results.append(
+            {"demonstration": demo.id if demo else BASELINE},
+            {
+                "demonstration": demo.to_dict() if demo else None,
+                "baseline": demo is None,
+                "score": record["average"],
+                "scores": record["scores"],
+                "config": {**embedder.describe(), "batch_size": batch_size},
+                "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
+                "seconds": seconds,
+            },
+        )
+        name = demo.id if demo else "(no demonstration)"
+        score = record["average"]
+        log(
+            f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} ({seconds:.1f} s)"
+        )
+    rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
+    return sorted(rows, key=lambda r: -_num(r.get("score")))
+
+
+def _num(value) -> float:
+    return float("-inf") if value is None else float(value)
+
+
+def candidate_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(candidate rows best first, the baseline row or None) of a search's rows."""
+    rows = [r for r in rows if r.get("kind") == KIND]
+    baseline = next((r for r in rows if r.get("baseline")), None)
+    candidates = sorted((r for r in rows if not r.get("baseline")), key=lambda r: -_num(r.get("score")))
+    return candidates, baseline
+
+
+def best_demonstration(path: str | Path) -> Demonstration:
+    """The best-scoring candidate of a search results file (``--demonstration best-of:PATH``)."""
+    candidates, baseline = candidate_rows(read_rows(path))
+    if not candidates:
+        raise PromptlabError(
+            f"{path} holds no scored demonstration candidates; run `promptlab search-demos` first."
+        )
+    best = candidates[0]
+    if baseline is not None and _num(best.get("score")) < _num(baseline.get("score")):
+        warnings.warn(
+            f"the best demonstration in {path} ({best['demonstration']['id']}, {best['score']:.2f}) "
+            "scores below "
+            f"no demonstration ({baseline['score']:.2f}).",
+            stacklevel=2,
+        )
+    return Demonstration(**best["demonstration"])
+
+
+def format_top(rows: list[dict[str, Any]], k: int = 10) -> str:
+    """The top ``k`` candidates and the baseline as an aligned (markdown) table."""
+    candidates, baseline = candidate_rows(rows)
+    base = _num(baseline["score"]) if baseline else None
+    lines = ["| rank | STS-B dev | vs none | id | word | sentence |", "|---:|---:|---:|---|---|---|"]
+    for rank, row in enumerate(candidates[:k], start=1):
+        d = row["demonstration"]
+        delta = "" if base is None else f"{_num(row['score']) - base:+.2f}"
+        sentence = d["sentence"] if len(d["sentence"]) <= 60 else d["sentence"][:57] + "..."
+        lines.append(
+            f"| {rank} | {_num(row['score']):.2f} | {delta} | {d['id']} | {d['word']} | {sentence} |"
+        )
+    if baseline:
+        lines.append(f"| - | {base:.2f} | | (no demonstration) | | |")
+    return "\n".join(lines)

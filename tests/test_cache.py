@@ -1,0 +1,190 @@
+"""The on-disk embedding cache: hits skip the model, misses never return wrong vectors, damage is survived.
+
+Each test compares what the cache returns with vectors computed afresh by an embedder without a cache.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import backend_for
+
+import promptlab.cache as cache_module
+from promptlab.cache import EmbeddingCache
+from promptlab.embedder import Embedder
+
+SENTENCES = ["A man is playing a guitar.", "The cat sits.", "Two dogs run through a field!", "The cat sits."]
+MORE = ["A woman is slicing an onion.", "The cat sits."]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch):
+    monkeypatch.setattr(cache_module, "_warned", set())
+
+
+def hashed_backend(pair, digest: str = "0" * 64):
+    backend = backend_for(pair)
+    backend.info["model_file_sha256"] = digest
+    return backend
+
+
+def counting(backend):
+    """Count the rows that reach the model."""
+    rows = []
+    embed = backend.embed
+    backend.embed = lambda batch, pooling, layers: (
+        rows.append(len(batch.input_ids)) or embed(batch, pooling, layers)
+    )
+    return rows
+
+
+def fresh(pair, sentences, **kwargs):
+    return Embedder(backend_for(pair), "prompteol", **kwargs).encode(sentences)
+
+
+def shards(root):
+    return sorted(root.rglob("shard-*.npz"))
+
+
+def test_second_run_reads_vectors_and_runs_no_model(tiny_llama, tmp_path):
+    first = Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
+    backend = hashed_backend(tiny_llama)
+    rows = counting(backend)
+    embedder = Embedder(backend, "prompteol", cache_dir=tmp_path)
+    second = embedder.encode(SENTENCES)
+    assert rows == [] and embedder.last_stats["from_cache"] == 3
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(second, fresh(tiny_llama, SENTENCES), atol=1e-6)
+
+
+def test_only_new_sentences_are_computed(tiny_llama, tmp_path):
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
+    backend = hashed_backend(tiny_llama)
+    rows = counting(backend)
+    got = Embedder(backend, "prompteol", cache_dir=tmp_path).encode(MORE)
+    assert sum(rows) == 1, "only 'A woman…' is new"
+    np.testing.assert_allclose(got, fresh(tiny_llama, MORE), atol=1e-5)
+
+
+def test_several_layers_in_one_call(tiny_llama, tmp_path):
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode_layers(SENTENCES, [1, -1])
+    backend = hashed_backend(tiny_llama)
+    rows = counting(backend)
+    got = Embedder(backend, "prompteol", cache_dir=tmp_path).encode_layers(SENTENCES, [1, 3])
+    assert rows == [], "layer 3 is layer -1 of a 3-layer model: both were cached"
+    plain = Embedder(backend_for(tiny_llama), "prompteol").encode_layers(SENTENCES, [1, 3])
+    for layer in (1, 3):
+        np.testing.assert_allclose(got[layer], plain[layer], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs"),
+    [
+        ("template", {"template": "prompteol-no-quotes-probe: [X] means in one word:"}),
+        ("layer", {"layer": 1}),
+        ("weights", {"digest": "1" * 64}),
+        ("max_length", {"max_length": 40}),
+    ],
+)
+def test_a_different_configuration_misses(tiny_llama, tmp_path, change, kwargs):
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
+    backend = hashed_backend(tiny_llama, kwargs.pop("digest", "0" * 64))
+    rows = counting(backend)
+    template = kwargs.pop("template", "prompteol")
+    Embedder(backend, template, cache_dir=tmp_path, **kwargs).encode(SENTENCES)
+    assert sum(rows) == 3, f"a change of {change} must not read the old vectors"
+
+
+def test_corrupt_shards_are_ignored_with_one_warning(tiny_llama, tmp_path):
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(MORE)
+    first, second = shards(tmp_path)
+    first.write_bytes(b"not a zip file")  # truncated or garbage
+    data = bytearray(second.read_bytes())
+    spot = data.find(b"vectors.npy") + 11 + 20 + 128 + 16  # past the zip and .npy headers: in the data
+    data[spot] ^= 0xFF
+    second.write_bytes(bytes(data))
+    backend = hashed_backend(tiny_llama)
+    rows = counting(backend)
+    embedder = Embedder(backend, "prompteol", cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="corrupt") as record:
+        got = embedder.encode(SENTENCES + MORE)
+        again = embedder.encode(SENTENCES)
+    assert len([w for w in record if "corrupt" in str(w.message)]) == 1, "warned once"
+    assert sum(rows) == 4, "nothing was read from the damaged files"
+    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES + MORE), atol=1e-5)
+    np.testing.assert_allclose(again, fresh(tiny_llama, SENTENCES), atol=1e-5)
+
+
+def test_unwritable_cache_warns_once_and_computes(tiny_llama, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache_module.os, "replace", refuse)  # a read-only folder (root ignores chmod)
+    embedder = Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="cannot write") as record:
+        got = embedder.encode(SENTENCES)
+        embedder.encode(MORE)
+    assert len(record) == 1
+    assert shards(tmp_path) == [] and not list(tmp_path.rglob(".tmp-*")), "no partial files left"
+    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES), atol=1e-6)
+
+
+def test_cache_dir_that_is_a_file(tiny_llama, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    embedder = Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=blocker)
+    with pytest.warns(RuntimeWarning, match="cannot write"):
+        got = embedder.encode(SENTENCES)
+    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES), atol=1e-6)
+
+
+def test_interrupted_writes_leave_only_temp_files_that_readers_skip(tiny_llama, tmp_path):
+    Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES[:1])
+    (folder,) = {p.parent for p in shards(tmp_path)}
+    (folder / ".tmp-999-dead-shard-999-x.npz").write_bytes(b"PK\x03\x04 half a file")
+    got = Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
+    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES), atol=1e-6)
+
+
+def test_concurrent_writers_each_add_a_whole_shard(tiny_llama, tmp_path):
+    embedders = [Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path) for _ in range(4)]
+    groups = [SENTENCES, MORE, SENTENCES[1:], ["Another sentence here."]]
+    threads = [threading.Thread(target=e.encode, args=(g,)) for e, g in zip(embedders, groups, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(shards(tmp_path)) == 4
+    everything = sorted({s for g in groups for s in g})
+    backend = hashed_backend(tiny_llama)
+    rows = counting(backend)
+    got = Embedder(backend, "prompteol", cache_dir=tmp_path).encode(everything)
+    assert rows == []
+    np.testing.assert_allclose(got, fresh(tiny_llama, everything), atol=1e-5)
+
+
+def test_model_without_weight_hash_is_not_cached(tiny_llama, tmp_path):
+    embedder = Embedder(backend_for(tiny_llama), "prompteol", cache_dir=tmp_path)  # in memory: no hash
+    with pytest.warns(RuntimeWarning, match="no weight-file hash"):
+        embedder.encode(SENTENCES)
+    assert shards(tmp_path) == []
+
+
+def test_namespace_ignores_where_the_model_lies_but_not_what_it_is():
+    base = {"model_file_sha256": "a", "model_path": "/x", "template_text": "t", "layer": -1}
+    moved = {**base, "model_path": "/elsewhere", "layer": 2}
+    assert EmbeddingCache.namespace(base) == EmbeddingCache.namespace(moved)
+    for key, value in [("model_file_sha256", "b"), ("template_text", "u"), ("dtype", "bfloat16")]:
+        assert EmbeddingCache.namespace({**base, key: value}) != EmbeddingCache.namespace(base)
+
+
+def test_cli_caches_by_default_and_no_cache_switches_it_off(tmp_path):
+    from promptlab.cli import _embedding_cache_dir, make_parser
+
+    args = make_parser().parse_args(["embed", "--input", "x", "--output", "y", "--cache-dir", str(tmp_path)])
+    assert _embedding_cache_dir(args) == str(tmp_path)
+    args = make_parser().parse_args(["embed", "--input", "x", "--output", "y", "--no-cache"])
+    assert _embedding_cache_dir(args) is None

@@ -1,0 +1,161 @@
+"""The CLI, driven through `promptlab.cli.main` as a user would: outputs, records, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SENTEVAL
+
+from promptlab.cli import main
+
+needs_senteval = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data not at {SENTEVAL}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama, tmp_path_factory):
+    """The tiny LLaMA saved as a local model directory (a model spec like any user's)."""
+    model, tokenizer = tiny_llama
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tiny_bert, tmp_path_factory):
+    model, tokenizer = tiny_bert
+    path = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_templates_lists_the_registry(capsys):
+    assert main(["templates"]) == 0
+    out = capsys.readouterr().out
+    assert 'This sentence : "[X]" means in one word:"' in out and "promptbert-view2" in out
+
+
+def test_embed_writes_vectors_in_input_order(tiny_llama_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("A man is playing a guitar.\nThe cat sits.\nA man is playing a guitar.\n")
+    output = tmp_path / "vecs.npy"
+    assert (
+        main(["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--output", str(output)]) == 0
+    )
+    vectors = np.load(output)
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert "2 unique" in capsys.readouterr().err
+
+
+def test_embed_reads_jsonl_and_stdin(tiny_llama_dir, tmp_path, monkeypatch):
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "The cat sits."}\n{"text": "A dog runs."}\n')
+    out1, out2 = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert main(["embed", "--model", str(tiny_llama_dir), "--input", str(jsonl), "--output", str(out1)]) == 0
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("The cat sits.\nA dog runs.\n"))
+    assert main(["embed", "--model", str(tiny_llama_dir), "--input", "-", "--output", str(out2)]) == 0
+    np.testing.assert_array_equal(np.load(out1), np.load(out2))
+
+
+@needs_senteval
+def test_eval_prints_the_table_and_writes_a_full_record(tiny_llama_dir, tmp_path, capsys):
+    output = tmp_path / "run.json"
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_llama_dir),
+        "--template",
+        "prompteol",
+        "--layer",
+        "-2",
+        "--tasks",
+        "STSBenchmark",
+        "--data-dir",
+        str(SENTEVAL),
+        "--output",
+        str(output),
+    ]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "STSB" in table and "sent/s" in table
+    record = json.loads(output.read_text())
+    config = record["config"]
+    assert config["template_text"] == 'This sentence : "[X]" means in one word:"'
+    assert config["layer"] == -2 and config["dtype"] == "float32" and config["model_source"] == "local"
+    assert len(config["model_file_sha256"]) == 64 and config["promptlab"]
+    assert record["data_fingerprint"] and record["throughput"]["unique_sentences"] == 2551
+    assert -100 <= record["scores"]["STSBenchmark"] <= 100
+    # An existing result is never overwritten by accident.
+    assert main(argv) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def _error_of(argv, capsys) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("promptlab: error:"), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_errors(tiny_llama_dir, tiny_bert_dir, tmp_path, capsys):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("fine\n   \n")
+    out = str(tmp_path / "v.npy")
+    embed = ["embed", "--model", str(tiny_llama_dir), "--output", out]
+    assert "line 2 is empty" in _error_of([*embed, "--input", str(blank)], capsys)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("The cat sits.\n")
+    assert "no sentence slot" in _error_of(
+        [*embed, "--input", str(ok), "--template", "means in one word:"], capsys
+    )
+    assert "no mask token" in _error_of([*embed, "--input", str(ok), "--template", "promptbert"], capsys)
+    assert "Did you mean: prompteol" in _error_of(
+        [*embed, "--input", str(ok), "--template", "promteol"], capsys
+    )
+    assert "Did you mean: smollm2-135m" in _error_of(
+        ["embed", "--model", "smollm", "--input", str(ok), "--output", out], capsys
+    )
+    assert "the model has 3 layers" in _error_of([*embed, "--input", str(ok), "--layer", "7"], capsys)
+    # The same mask template is fine on a masked LM.
+    bert = ["embed", "--model", str(tiny_bert_dir), "--input", str(ok), "--output", out, "--overwrite"]
+    assert main([*bert, "--template", "promptbert"]) == 0
+
+
+def test_missing_data_file_is_named(tiny_llama_dir, tmp_path, capsys):
+    (tmp_path / "data/downstream/STS/STSBenchmark").mkdir(parents=True)
+    message = _error_of(
+        [
+            "eval",
+            "--model",
+            str(tiny_llama_dir),
+            "--tasks",
+            "STSBenchmark",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capsys,
+    )
+    assert "sts-test.csv" in message
+
+
+def test_corrupt_packaged_gguf_is_refused(tmp_path, monkeypatch, capsys):
+    """A packaged artifact whose SHA-256 differs from the catalog is refused with the fix."""
+    from promptlab.models import verify_sha256
+
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(Exception, match="(?i)sha-?256"):
+        verify_sha256(fake, "0" * 64)

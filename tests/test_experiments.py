@@ -1,0 +1,411 @@
+"""Sweeps, demonstration search, results files and reports, on tiny models and a fake SentEval folder.
+
+Expected scores are recomputed here independently: an `Embedder` at one layer, numpy cosines and
+scipy's Spearman over the fake STS-B dev pairs, never through the experiment code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import backend_for
+from scipy.stats import spearmanr
+from test_evaluation import FAKE, write_fake_senteval
+
+from promptlab.cli import main
+from promptlab.demonstrations import Demonstration
+from promptlab.embedder import Embedder
+from promptlab.errors import PromptlabError
+from promptlab.experiments.report import write_report
+from promptlab.experiments.results import ResultsFile, read_rows
+from promptlab.experiments.scoring import Benchmark
+from promptlab.experiments.search import best_demonstration, run_search
+from promptlab.experiments.sweep import SweepConfig, plan, run_sweep
+
+pytestmark = [
+    # Layer 0 at the next-token position is the same token embedding for every sentence: constant cosines.
+    pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning"),
+    # A random tiny model's best demonstration may score below none; best-of warns about that.
+    pytest.mark.filterwarnings("ignore:the best demonstration"),
+]
+
+POOL = [
+    Demonstration("venison", "meat from a deer.", "Venison", source="test"),
+    Demonstration("guitar", "A man plays a guitar.", "Music", source="test"),
+    Demonstration("cat", "The cat sits on the mat.", "Cat", source="test"),
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> str:
+    return str(write_fake_senteval(tmp_path / "senteval"))
+
+
+class Counting:
+    """A tiny backend that counts forward passes and can be told to raise Ctrl-C on the n-th one."""
+
+    def __init__(self, model_and_tokenizer, interrupt_at: int | None = None):
+        self.backend = backend_for(model_and_tokenizer)
+        self.calls = 0
+        self.interrupt_at = interrupt_at
+        embed = self.backend.embed
+
+        def counted(batch, pooling, layers):
+            self.calls += 1
+            if self.calls == self.interrupt_at:
+                raise KeyboardInterrupt
+            return embed(batch, pooling, layers)
+
+        self.backend.embed = counted
+
+    def load(self, model: str, dtype: str):
+        return self.backend
+
+
+def expected_score(model_and_tokenizer, template, layer, demonstration=None, pairs=None) -> float:
+    pairs = pairs or FAKE["STSBenchmark"]["dev"]
+    embedder = Embedder(backend_for(model_and_tokenizer), template, layer=layer, demonstration=demonstration)
+    a = embedder.encode([p[0] for p in pairs])
+    b = embedder.encode([p[1] for p in pairs])
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return spearmanr(cosine, [p[2] for p in pairs])[0] * 100
+
+
+def config(data_dir, grids, **extra) -> SweepConfig:
+    return SweepConfig.from_dict(
+        {"models": ["tiny"], "dtypes": ["float32"], "grid": grids, **extra},
+        where="test.toml",
+        data_dir=data_dir,
+    )
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_scores_every_layer_from_one_forward_and_matches_independent_scores(
+    tiny_llama, data_dir, tmp_path
+):
+    counting = Counting(tiny_llama)
+    cfg = config(
+        data_dir,
+        [
+            {"templates": ["prompteol", "pcot"], "layers": "all", "demonstrations": ["none", "eol-opt-13b"]},
+            {"templates": ["echo", "metaeol"], "layers": [-1, 1]},
+        ],
+        batch_size=64,
+    )
+    out = tmp_path / "sweep.jsonl"
+    rows = run_sweep(cfg, out, loader=counting.load, layer_count=lambda m: 3, log=lambda m: None)
+    # prompteol/pcot x 2 demonstrations x 4 hidden states; echo and metaeol at layers 3 and 1.
+    assert len(rows) == 2 * 2 * 4 + 2 * 2 == len(read_rows(out))
+    # One forward per (template, demonstration) for all layers; the ensemble runs its 4 members once each.
+    assert counting.calls == 4 + 1 + 4
+    for row in rows:
+        k = row["key"]
+        demo = None if k["demonstration"] == "none" else k["demonstration"]
+        expected = expected_score(tiny_llama, k["template"], k["layer"], demo)
+        if np.isnan(
+            expected
+        ):  # layer 0 at the next-token position: the same '"' embedding for every sentence
+            assert row["score"] is None and k["layer"] == 0
+        else:
+            assert row["score"] == pytest.approx(expected, abs=1e-3)
+        assert row["config"]["template"] == k["template"] and row["config"]["layer"] == k["layer"]
+        assert row["data"]["data_fingerprint"] == row["fixed"]["data_fingerprint"]
+        assert row["fixed"]["split"] == "dev" and row["fixed"]["tasks"] == ["STSBenchmark"]
+    demo_row = next(r for r in rows if r["key"]["demonstration"] == "eol-opt-13b")
+    assert demo_row["config"]["demonstration"]["word"] == "Venison"
+    assert demo_row["identity"]["template_text"].startswith('This sentence : "meat from a deer."')
+
+
+def test_sweep_resume_skips_finished_rows_and_runs_only_new_ones(tiny_llama, data_dir, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    first = Counting(tiny_llama)
+    run_sweep(
+        config(data_dir, [{"templates": ["prompteol"], "layers": "all"}], batch_size=64),
+        out,
+        loader=first.load,
+        layer_count=lambda m: 3,
+        log=lambda m: None,
+    )
+    again = Counting(tiny_llama)
+    bigger = config(data_dir, [{"templates": ["prompteol", "pcot"], "layers": "all"}], batch_size=64)
+    rows = run_sweep(bigger, out, loader=again.load, layer_count=lambda m: 3, log=lambda m: None)
+    assert again.calls == 1 and len(rows) == 8  # only pcot ran
+    idle = Counting(tiny_llama)
+    run_sweep(bigger, out, loader=idle.load, layer_count=lambda m: 3, log=lambda m: None)
+    assert idle.calls == 0 and len(read_rows(out)) == 8
+
+
+def test_ctrl_c_loses_no_finished_row_and_the_rerun_finishes(tiny_llama, data_dir, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    cfg = config(data_dir, [{"templates": ["prompteol", "pcot", "ke"], "layers": "all"}], batch_size=64)
+    interrupted = Counting(tiny_llama, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, loader=interrupted.load, layer_count=lambda m: 3, log=lambda m: None)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8 and all(json.loads(line)["kind"] == "sweep" for line in lines)
+    assert {json.loads(line)["key"]["template"] for line in lines} == {"prompteol", "pcot"}
+    rerun = Counting(tiny_llama)
+    rows = run_sweep(cfg, out, loader=rerun.load, layer_count=lambda m: 3, log=lambda m: None)
+    assert rerun.calls == 1 and len(rows) == 12
+
+
+def test_a_results_file_from_another_configuration_is_refused(tiny_llama, data_dir, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    grids = [{"templates": ["prompteol"], "layers": [-1]}]
+    run_sweep(
+        config(data_dir, grids),
+        out,
+        loader=Counting(tiny_llama).load,
+        layer_count=lambda m: 3,
+        log=lambda m: None,
+    )
+    subset = config(data_dir, grids, data={"dev_pairs": 10})
+    with pytest.raises(PromptlabError, match="different configuration .*dev_pairs: None there, 10 now"):
+        run_sweep(subset, out, loader=Counting(tiny_llama).load, layer_count=lambda m: 3, log=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    ("grid", "extra", "message"),
+    [
+        (
+            {"templates": ["prompteal"], "layers": [-1]},
+            {},
+            "grid 1 templates: unknown template 'prompteal'.*Did you mean: prompteol",
+        ),
+        (
+            {"templates": ["prompteol"], "layers": [7]},
+            {},
+            "layer 7 is out of range for tiny: the model has 3 layers",
+        ),
+        ({"templates": ["prompteol"], "layers": [-5]}, {}, "the model has 3 layers"),
+        ({"templates": ["prompteol"], "layers": "every"}, {}, 'layers must be "all" or a list'),
+        ({"templates": ["echo"], "demonstrations": ["eol-opt-13b"]}, {}, "'span' template; demonstrations"),
+        ({"templates": ["prompteol"], "demonstrations": ["eol-opt-13"]}, {}, "Did you mean: eol-opt-13b"),
+        ({"templates": ["prompteol"], "layer": [1]}, {}, "unknown key.*layer.*Did you mean: layers"),
+        ({"templates": ["prompteol"]}, {"dtypes": ["fp8"]}, "unknown dtype 'fp8'"),
+        (
+            {"templates": ["prompteol"]},
+            {"data": {"split": "dev", "dev_pairs": 5, "tasks": "all"}},
+            "dev_pairs .* applies to STS-B dev only",
+        ),
+    ],
+)
+def test_bad_sweep_configs_are_refused_before_any_work(data_dir, grid, extra, message):
+    with pytest.raises(PromptlabError, match=message):
+        plan(config(data_dir, [grid], **extra), layer_count=lambda m: 3)
+
+
+def test_unknown_model_in_a_sweep_suggests_close_names(data_dir):
+    cfg = SweepConfig.from_dict(
+        {"models": ["smollm"], "templates": ["prompteol"]}, where="x.toml", data_dir=data_dir
+    )
+    with pytest.raises(PromptlabError, match="x.toml models: .*Did you mean: smollm2-135m"):
+        plan(cfg)
+
+
+# --------------------------------------------------------------------------- results files
+
+
+def test_results_file_appends_durably_and_handles_torn_and_bad_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    results = ResultsFile(path, "sweep", {"split": "dev"})
+    results.append({"a": 1}, {"score": 1.0})
+    with path.open("a") as f:
+        f.write('{"kind": "sweep", "key": {"a": 2}, "sco')  # a hard kill in the middle of a write
+    with pytest.warns(UserWarning, match="ignoring an incomplete last line"):
+        assert [r["key"]["a"] for r in read_rows(path)] == [1]
+    with pytest.warns(UserWarning, match="dropping an incomplete last line"):
+        reopened = ResultsFile(path, "sweep", {"split": "dev"})
+    assert reopened.done({"a": 1}) and not reopened.done({"a": 2})
+    reopened.append({"a": 2}, {"score": 2.0})
+    assert [r["key"]["a"] for r in read_rows(path)] == [1, 2]
+    path.write_text('{"kind": "sweep"}\nnot json\n{"kind": "sweep"}\n')
+    with pytest.raises(PromptlabError, match="r.jsonl:2: not a JSON row"):
+        read_rows(path)
+    with pytest.raises(PromptlabError, match="holds 'sweep' rows, not 'demo-search'"):
+        ResultsFile(tmp_path / "x.jsonl", "sweep", {}).append({"a": 1}, {}) and ResultsFile(
+            tmp_path / "x.jsonl", "demo-search", {}
+        )
+
+
+# --------------------------------------------------------------------------- demonstration search
+
+
+def test_search_scores_baseline_and_every_candidate_and_resumes(tiny_llama, data_dir, tmp_path):
+    out = tmp_path / "search.jsonl"
+    counting = Counting(tiny_llama)
+    bench = Benchmark(data_dir=data_dir)
+    rows = run_search(
+        "tiny",
+        POOL,
+        out,
+        dtype="float32",
+        backend=counting.backend,
+        benchmark=bench,
+        batch_size=64,
+        log=lambda m: None,
+    )
+    assert len(rows) == 4 and counting.calls == 4  # one forward each: baseline and 3 candidates
+    scores = {r["key"]["demonstration"]: r["score"] for r in rows}
+    assert scores["none"] == pytest.approx(expected_score(tiny_llama, "prompteol", -1), abs=1e-3)
+    for demo in POOL:
+        assert scores[demo.id] == pytest.approx(expected_score(tiny_llama, "prompteol", -1, demo), abs=1e-3)
+    assert [r["score"] for r in rows] == sorted(scores.values(), reverse=True)
+    best = max(POOL, key=lambda d: scores[d.id])
+    assert best_demonstration(out) == best
+    assert (
+        Embedder(backend_for(tiny_llama), "prompteol", demonstration=f"best-of:{out}").demonstration == best
+    )
+    # Resume: one more candidate, only it runs.
+    again = Counting(tiny_llama)
+    extra = Demonstration("dog", "Two dogs run.", "Dogs", source="test")
+    rows = run_search(
+        "tiny",
+        [*POOL, extra],
+        out,
+        dtype="float32",
+        backend=again.backend,
+        benchmark=bench,
+        batch_size=64,
+        log=lambda m: None,
+    )
+    assert again.calls == 1 and len(rows) == 5
+    with pytest.raises(PromptlabError, match="template: 'prompteol' there, 'pcot' now"):
+        run_search(
+            "tiny",
+            POOL,
+            out,
+            template="pcot",
+            dtype="float32",
+            backend=again.backend,
+            benchmark=bench,
+            log=lambda m: None,
+        )
+    changed = [Demonstration("cat", "The cat sits on the mat.", "Feline", source="test")]
+    with pytest.raises(PromptlabError, match="candidate 'cat' was scored with another sentence or word"):
+        run_search(
+            "tiny", changed, out, dtype="float32", backend=again.backend, benchmark=bench, log=lambda m: None
+        )
+
+
+def test_search_on_a_seeded_dev_subset(tiny_llama, data_dir, tmp_path):
+    from promptlab.evaluation import sts_dev
+
+    pairs = sts_dev(data_dir, n_pairs=10, seed=3)
+    subset = list(zip(pairs.sentences1, pairs.sentences2, pairs.scores, strict=True))
+    rows = run_search(
+        "tiny",
+        POOL[:1],
+        tmp_path / "s.jsonl",
+        dtype="float32",
+        backend=backend_for(tiny_llama),
+        benchmark=Benchmark(dev_pairs=10, seed=3, data_dir=data_dir),
+        log=lambda m: None,
+    )
+    by_id = {r["key"]["demonstration"]: r for r in rows}
+    assert by_id["venison"]["data"]["n_pairs"] == 10 and by_id["venison"]["fixed"]["seed"] == 3
+    assert by_id["venison"]["score"] == pytest.approx(
+        expected_score(tiny_llama, "prompteol", -1, POOL[0], pairs=subset), abs=1e-3
+    )
+
+
+# --------------------------------------------------------------------------- report and CLI
+
+
+def test_report_writes_tables_and_readable_plots(tiny_llama, data_dir, tmp_path):
+    sweep_out, search_out = tmp_path / "sweep.jsonl", tmp_path / "search.jsonl"
+    run_sweep(
+        config(data_dir, [{"templates": ["prompteol", "pcot", "echo"], "layers": "all"}]),
+        sweep_out,
+        loader=Counting(tiny_llama).load,
+        layer_count=lambda m: 3,
+        log=lambda m: None,
+    )
+    run_search(
+        "tiny",
+        POOL,
+        search_out,
+        dtype="float32",
+        backend=backend_for(tiny_llama),
+        benchmark=Benchmark(data_dir=data_dir),
+        log=lambda m: None,
+    )
+    report = write_report([sweep_out, search_out], tmp_path / "report")
+    text = report.read_text()
+    assert "## Sweep: tiny (float32)" in text and "## Demonstration search: tiny (float32), prompteol" in text
+    assert "| spread (best - worst) |" in text and "| no demonstration |" in text
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert len(pngs) == 3 and all(f"]({name})" in text for name in pngs)
+    assert all((tmp_path / "report" / name).stat().st_size > 10_000 for name in pngs)
+
+
+def test_cli_sweep_search_report_and_eval_with_best_of(tiny_llama, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_llama
+    model_dir = tmp_path / "tiny-llama"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        f'models = ["{model_dir}"]\ndtypes = ["float32"]\n[[grid]]\ntemplates = ["prompteol"]\n'
+        'layers = "all"\n'
+    )
+    assert main(["sweep", str(cfg), "--output", str(tmp_path / "sweep.jsonl"), "--data-dir", data_dir]) == 0
+    assert len(read_rows(tmp_path / "sweep.jsonl")) == 4
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(d.to_dict()) + "\n" for d in POOL))
+    search = tmp_path / "search.jsonl"
+    args = [
+        "search-demos",
+        "--model",
+        str(model_dir),
+        "--pool",
+        str(pool),
+        "--dtype",
+        "float32",
+        "--top",
+        "2",
+        "--output",
+        str(search),
+        "--data-dir",
+        data_dir,
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "| 1 |" in printed
+        and "| 2 |" in printed
+        and "| 3 |" not in printed
+        and "(no demonstration)" in printed
+    )
+    assert (
+        main(["report", str(tmp_path / "sweep.jsonl"), str(search), "--output-dir", str(tmp_path / "r")]) == 0
+    )
+    assert (tmp_path / "r" / "report.md").is_file()
+    best = best_demonstration(search).id
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--demonstration",
+                f"best-of:{search}",
+                "--tasks",
+                "STSBenchmark",
+                "--split",
+                "dev",
+                "--data-dir",
+                data_dir,
+            ]
+        )
+        == 0
+    )
+    assert f"prompteol+{best}" in capsys.readouterr().out
+    cfg.write_text(f'models = ["{model_dir}"]\n[[grid]]\ntemplates = ["prompteol"]\nlayers = [40]\n')
+    assert main(["sweep", str(cfg), "--output", str(tmp_path / "bad.jsonl"), "--data-dir", data_dir]) == 2
+    assert "layer 40 is out of range" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()

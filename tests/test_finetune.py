@@ -1,0 +1,687 @@
+"""promptlab.finetune: CSE objectives, data builders, LoRA targets, the training loop and adapter loading.
+
+Every model here is a deep copy of a tiny random fixture (LoRA is injected in place, so the session
+fixtures must stay untouched). Expected values are computed independently: the InfoNCE loss by a
+hand-written log-softmax, template denoising by tokenizing the prompt's pieces and running the model
+unbatched with explicit position ids, and data builders against rows written out here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import backend_for
+
+from promptlab.embedder import Embedder
+from promptlab.errors import PromptlabError
+from promptlab.finetune.config import FinetuneConfig, parse_override
+from promptlab.finetune.data import (
+    Example,
+    TrainingData,
+    build_training_data,
+    sick_triplets,
+    simcse_csv,
+    stsb_pairs,
+)
+from promptlab.finetune.lora import add_lora, block_linear_suffixes, blocks_below, resolve_targets
+from promptlab.finetune.objectives import encode_with_grad, false_negatives, info_nce, template_only_batch
+from promptlab.finetune.trainer import Trainer
+
+pytest.importorskip("peft", reason="the finetune tests need the [train] extra (peft)")
+
+# --------------------------------------------------------------------------- a small SentEval folder
+
+STS_SUBSETS = {
+    "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
+    "STS13": ("FNWN", "headlines", "OnWN"),
+    "STS14": ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news"),
+    "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
+    "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
+}
+LEAKED = ("A man is playing a guitar.", "A man plays the guitar.")  # an STS12 test pair, also in STS-B train
+SICK_TEST_PAIR = ("The cat sits on the mat.", "A cat is sitting on a mat.")  # in SICK test and SICK train
+_WORDS = (
+    "man",
+    "woman",
+    "cat",
+    "dog",
+    "jockey",
+    "children",
+    "horse",
+    "guitar",
+    "onion",
+    "mat",
+    "field",
+    "room",
+)
+DEV = [  # distinct words (the tiny tokenizers know no digits), gold scores in a shuffled order
+    (f"A {_WORDS[i]} sits on the {_WORDS[-1 - i]}.", f"The {_WORDS[(i + 3) % 12]} runs.", (i * 7 % 11) / 2.2)
+    for i in range(12)
+]
+STSB_TRAIN = [
+    (*LEAKED, 4.8),
+    ("Two dogs run through a field.", "Two dogs are running in a field.", 4.2),
+    ("A woman is slicing an onion.", "A woman cuts an onion.", 4.0),
+    ("A woman is slicing an onion.", "A man is riding a horse.", 0.4),
+    ("Children watch the dogs.", "The kids are watching dogs.", 3.9),
+]
+SICK_TRAIN = [  # (A, B, judgment)
+    ("P1 a man rides a horse", "H1 a person rides a horse", "ENTAILMENT"),
+    ("P1 a man rides a horse", "H2 a man is on a horse", "ENTAILMENT"),
+    ("P1 a man rides a horse", "C1 nobody rides a horse", "CONTRADICTION"),
+    ("C2 the man is not cooking", "P2 the man is cooking", "CONTRADICTION"),  # P2 as sentence_B
+    ("P2 the man is cooking", "H3 someone is cooking", "ENTAILMENT"),
+    ("P3 a girl sings", "H4 a child sings", "ENTAILMENT"),  # no contradiction: a plain pair
+    ("P3 a girl sings", "N1 a girl sings loudly", "NEUTRAL"),
+    (*SICK_TEST_PAIR, "ENTAILMENT"),
+]
+
+
+def write_senteval(root: Path) -> Path:
+    sts = root / "downstream" / "STS"
+    for task, subsets in STS_SUBSETS.items():
+        folder = sts / f"{task}-en-test"
+        folder.mkdir(parents=True)
+        for subset in subsets:
+            rows = [(f"{task} {subset} {i} first .", f"{task} {subset} {i} second .", i) for i in range(3)]
+            if (task, subset) == ("STS12", "MSRpar"):
+                rows[0] = (*reversed(LEAKED), 4.6)  # reversed order: the holdout must still catch it
+            (folder / f"STS.input.{subset}.txt").write_text("".join(f"{a}\t{b}\n" for a, b, _ in rows))
+            (folder / f"STS.gs.{subset}.txt").write_text("".join(f"{g}\n" for *_, g in rows))
+    stsb = sts / "STSBenchmark"
+    stsb.mkdir()
+    test = [
+        (f"A {w} sits.", f"The {w} runs on the {v}.", i / 2)
+        for i, (w, v) in enumerate(zip(_WORDS[:8], _WORDS[4:], strict=True))
+    ]
+    for split, rows in {"train": STSB_TRAIN, "dev": DEV, "test": test}.items():
+        lines = [
+            f"main-captions\tMSRvid\t2012\t{i:04d}\t{g:.3f}\t{a}\t{b}\n" for i, (a, b, g) in enumerate(rows)
+        ]
+        (stsb / f"sts-{split}.csv").write_text("".join(lines))
+    sick = root / "downstream" / "SICK"
+    sick.mkdir()
+    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+    files = {
+        "SICK_train.txt": [(a, b, 4.0, j) for a, b, j in SICK_TRAIN],
+        "SICK_trial.txt": [("trial a", "trial b", 3.0, "NEUTRAL"), ("trial c", "trial d", 1.0, "NEUTRAL")],
+        "SICK_test_annotated.txt": [
+            (*SICK_TEST_PAIR, 4.5, "ENTAILMENT"),
+            ("sick x", "sick y", 1.0, "NEUTRAL"),
+        ],
+    }
+    for name, rows in files.items():
+        body = "".join(f"{i}\t{a}\t{b}\t{s}\t{j}\n" for i, (a, b, s, j) in enumerate(rows))
+        (sick / name).write_text(header + body)
+    return root
+
+
+@pytest.fixture(scope="module")
+def senteval(tmp_path_factory) -> Path:
+    return write_senteval(tmp_path_factory.mktemp("senteval"))
+
+
+def fresh(fixture) -> tuple:
+    model, tokenizer = fixture
+    return copy.deepcopy(model), tokenizer
+
+
+TOY = [  # separable pairs: each positive shares its anchor's distinctive words
+    Example("A man is playing a guitar.", "a man playing guitar"),
+    Example("A woman is slicing an onion.", "woman slicing onion"),
+    Example("The cat sits on the mat.", "cat sits mat"),
+    Example("Two dogs run through a field.", "dogs run field"),
+    Example("He said hello to everyone in the room?", "hello everyone room"),
+    Example("A jockey riding a horse.", "jockey horse riding"),
+    Example("Children watch while dogs run!", "children watch dogs"),
+    Example("Represent the sentence for searching.", "represent searching"),
+]
+
+
+def config(tmp_path: Path, senteval: Path, **overrides) -> FinetuneConfig:
+    values = dict(
+        model="tiny",
+        output_dir=str(tmp_path / "run"),
+        data=["toy.csv"],
+        data_dir=str(senteval),
+        steps=6,
+        batch_size=4,
+        lr=5e-3,
+        eval_every=3,
+        dev_pairs=0,
+        holdout="none",
+        num_threads=None,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"objective": "triplet"}, "objective = 'triplet' is not one of supervised, dropout, two_template"),
+        ({"steps": None}, "exactly one of `steps` or `epochs`"),
+        ({"epochs": 1.0}, "exactly one of `steps` or `epochs`"),
+        ({"batch_size": 1}, "in-batch negatives need at least 2"),
+        ({"temperature": 0.0}, "temperature = 0.0 must be positive"),
+        ({"quantization": "int3"}, "quantization = 'int3' is not one of none, nf4"),
+        ({"objective": "two_template"}, "needs `template2`"),
+        ({"template2": "promptbert-view2"}, "only used by objective 'two_template'"),
+        ({"data": []}, "`data` is empty"),
+        ({"lora_dropout": 1.0}, "lora_dropout = 1.0 must be in [0, 1)"),
+        ({"holdout": "all"}, "holdout = 'all' is not one of pairs, sentences, none"),
+        ({"target_modules": []}, "target_modules must be a non-empty list"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, senteval, overrides, message):
+    with pytest.raises(
+        PromptlabError, match=message.replace("(", r"\(").replace("[", r"\[").replace(")", r"\)")
+    ):
+        config(tmp_path, senteval, **overrides)
+
+
+def test_config_toml_unknown_key_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "m"\noutput_dir = "o"\ndata = ["sick-train"]\nsteps = 3\nlearning_rate = 1e-4\n')
+    with pytest.raises(PromptlabError, match="unknown key 'learning_rate'.*Known keys"):
+        FinetuneConfig.from_toml(path)
+    path.write_text('model = "m"\noutput_dir = "o"\ndata = ["sick-train"]\nsteps = 3\n')
+    cfg = FinetuneConfig.from_toml(
+        path, dict([parse_override("steps=7"), parse_override("template=promptbert")])
+    )
+    assert (cfg.steps, cfg.template, cfg.holdout) == (7, "promptbert", "pairs")
+    assert FinetuneConfig.from_toml(path, {"objective": "dropout"}).holdout == "sentences"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_sick_triplets(senteval):
+    got = sick_triplets(senteval)
+    assert got == [
+        Example("P1 a man rides a horse", "H1 a person rides a horse", "C1 nobody rides a horse"),
+        Example("P1 a man rides a horse", "H2 a man is on a horse", "C1 nobody rides a horse"),
+        Example("P2 the man is cooking", "H3 someone is cooking", "C2 the man is not cooking"),
+        Example("P3 a girl sings", "H4 a child sings", None),
+        Example(*SICK_TEST_PAIR, None),
+    ]
+
+
+@pytest.mark.parametrize(("min_score", "n"), [(4.0, 3), (4.5, 1), (0.0, 5)])
+def test_stsb_pairs_by_score(senteval, min_score, n):
+    expected = [Example(a, b) for a, b, g in STSB_TRAIN if g >= min_score]
+    assert stsb_pairs(senteval, min_score) == expected and len(expected) == n
+
+
+@pytest.mark.parametrize(
+    ("holdout", "dropped"),
+    [
+        ("none", []),
+        ("pairs", [Example(*LEAKED), Example(*SICK_TEST_PAIR)]),  # exact eval pairs, either order
+        # any sentence of an eval pair; the SICK pair's sentences are also SICK test sentences
+        ("sentences", [Example(*LEAKED), Example(*SICK_TEST_PAIR)]),
+    ],
+)
+def test_holdout_drops_eval_items(senteval, holdout, dropped):
+    data = build_training_data(
+        ["sick-train", "stsb-train"], objective="supervised", data_dir=senteval, holdout=holdout
+    )
+    everything = sick_triplets(senteval) + stsb_pairs(senteval)
+    assert data.examples == [e for e in everything if e not in dropped]
+    assert data.report["sources"]["sick-train"] == {"examples": 5, "with_hard_negative": 3}
+
+
+def test_unsupervised_uses_every_sentence_of_the_builders(senteval):
+    data = build_training_data(["stsb-train"], objective="dropout", data_dir=senteval, holdout="sentences")
+    sentences = list(dict.fromkeys(t for a, b, _ in STSB_TRAIN for t in (a, b)))
+    assert [e.anchor for e in data.examples] == [s for s in sentences if s not in LEAKED]
+    assert all(e.positive is None for e in data.examples)
+
+
+def test_csv_missing_column_names_it_and_the_columns_found(tmp_path):
+    path = tmp_path / "nli.csv"
+    path.write_text("sent0,hard_negative\na,b\n")
+    with pytest.raises(
+        PromptlabError, match=r"missing column 'sent1'; columns found: 'sent0', 'hard_negative'"
+    ):
+        simcse_csv(path)
+
+
+def test_csv_with_and_without_hard_negatives(tmp_path):
+    path = tmp_path / "nli.csv"
+    path.write_text('sent0,sent1,hard_neg\n"a, b",c,d\ne,f,\n')
+    assert simcse_csv(path) == [Example("a, b", "c", "d"), Example("e", "f", None)]
+
+
+@pytest.mark.parametrize(
+    ("source", "objective", "holdout", "message"),
+    [
+        ("empty.txt", "dropout", "none", "no training examples: 0 read"),
+        ("leak.csv", "supervised", "pairs", "no training examples: 1 read.*1 dropped by holdout='pairs'"),
+        (
+            "sentences.txt",
+            "supervised",
+            "none",
+            "holds single sentences, but objective 'supervised' needs pairs",
+        ),
+        ("data.json", "supervised", "none", "is not one of sick-train, stsb-train, a .csv"),
+    ],
+)
+def test_bad_datasets(tmp_path, senteval, source, objective, holdout, message):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "sentences.txt").write_text("one\ntwo\n")
+    (tmp_path / "leak.csv").write_text(f"sent0,sent1\n{LEAKED[0]},{LEAKED[1]}\n")
+    (tmp_path / "data.json").write_text("{}")
+    with pytest.raises(PromptlabError, match=message):
+        build_training_data([str(tmp_path / source)], objective=objective, data_dir=senteval, holdout=holdout)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def test_info_nce_equals_hand_written_log_softmax():
+    torch.manual_seed(1)
+    a, c = torch.randn(3, 5), torch.randn(5, 5)
+    exclude = torch.zeros(3, 5, dtype=torch.bool)
+    exclude[0, 2] = True
+    expected = 0.0
+    for i in range(3):
+        sims = [float(a[i] @ c[j] / (a[i].norm() * c[j].norm())) / 0.1 for j in range(5) if not exclude[i, j]]
+        target = float(a[i] @ c[i] / (a[i].norm() * c[i].norm())) / 0.1
+        expected += -(target - math.log(sum(math.exp(s) for s in sims)))
+    assert float(info_nce(a, c, 0.1, exclude)) == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_false_negatives_mask():
+    anchors, positives = ["a", "a", "b"], ["p", "q", "a"]
+    candidates = positives + ["n", "p"]  # a hard negative, and one equal to row 0's positive
+    expected = [
+        [False, True, True, False, True],  # row 1 shares anchor "a"; "a" is the anchor; "p" is the positive
+        [True, False, True, False, False],
+        [False, False, False, False, False],
+    ]
+    assert false_negatives(anchors, positives, candidates).tolist() == expected
+
+
+# --------------------------------------------------------------------------- the read-out with gradients
+
+
+@pytest.mark.parametrize(
+    ("fixture", "template"),
+    [("tiny_llama", "prompteol"), ("tiny_opt", "prompteol"), ("tiny_bert", "promptbert")],
+)
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_training_vectors_are_the_extractors(request, fixture, template, padding_side):
+    backend = backend_for(request.getfixturevalue(fixture))
+    embedder = Embedder(backend, template, layer=-1, padding_side=padding_side)
+    sentences = [e.anchor for e in TOY[:5]]
+    vectors = encode_with_grad(embedder, sentences)
+    assert vectors.requires_grad
+    np.testing.assert_allclose(vectors.detach().numpy(), embedder.encode(sentences), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_template_denoising_subtracts_the_template_only_state(tiny_bert, padding_side):
+    model, tokenizer = tiny_bert
+    embedder = Embedder(backend_for(tiny_bert), "promptbert", padding_side=padding_side)
+    sentences = ["a man is playing a guitar", "The cat sits.", "two dogs run through a field of grass"]
+    got = encode_with_grad(embedder, sentences, denoise=True).detach()
+    for sentence, vector in zip(sentences, got, strict=True):
+        # Independently: [CLS] head sentence tail [SEP], piece by piece (normalisation: a final ".").
+        s = sentence if sentence[-1] in ".?!\"'" else sentence + "."
+        head, sent, tail = (
+            tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in ('This sentence : "', s, '" means [MASK] .')
+        )
+        full = [tokenizer.cls_token_id, *head, *sent, *tail, tokenizer.sep_token_id]
+        assert full == tokenizer('This sentence : "' + s + '" means [MASK] .')["input_ids"]
+        with torch.no_grad():
+            h_full = model(input_ids=torch.tensor([full])).last_hidden_state[0]
+            bias_ids = [tokenizer.cls_token_id, *head, *tail, tokenizer.sep_token_id]
+            n_head = 1 + len(head)
+            positions = list(range(n_head)) + list(range(n_head + len(sent), len(full)))
+            h_bias = model(
+                input_ids=torch.tensor([bias_ids]), position_ids=torch.tensor([positions])
+            ).last_hidden_state[0]
+        mask_full = full.index(tokenizer.mask_token_id)
+        mask_bias = bias_ids.index(tokenizer.mask_token_id)
+        torch.testing.assert_close(vector, h_full[mask_full] - h_bias[mask_bias], atol=2e-5, rtol=1e-4)
+        # Not a no-op: the template-only state at shifted positions differs from the unshifted one.
+        with torch.no_grad():
+            h_plain = model(input_ids=torch.tensor([bias_ids])).last_hidden_state[0]
+        assert not torch.allclose(h_plain[mask_bias], h_bias[mask_bias], atol=1e-3)
+
+
+def test_template_only_batch_positions(tiny_bert):
+    embedder = Embedder(backend_for(tiny_bert), "promptbert")
+    prompts = [embedder.prompts.encode(s) for s in ("a man is playing a guitar", "The cat sits.")]
+    batch = template_only_batch(prompts, pad_id=0, padding_side="left")
+    for row, p in enumerate(prompts):
+        kept = [i for i in range(len(p.ids)) if not p.slot[0] <= i < p.slot[1]]
+        width = batch.input_ids.shape[1]
+        assert batch.input_ids[row, width - len(kept) :].tolist() == [p.ids[i] for i in kept]
+        assert batch.position_ids[row, width - len(kept) :].tolist() == kept
+        assert int(batch.input_ids[row, batch.targets[row]]) == embedder.backend.tokenizer.mask_token_id
+
+
+def test_denoising_needs_a_single_position_template(tiny_bert):
+    embedder = Embedder(backend_for(tiny_bert), "none")
+    with pytest.raises(PromptlabError, match="needs a mask or next-token template"):
+        encode_with_grad(embedder, ["a man"], denoise=True)
+
+
+# --------------------------------------------------------------------------- LoRA targets
+
+EXPECTED_TARGETS = {
+    "tiny_llama": [
+        "mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+        "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj",
+    ],
+    "tiny_opt": [
+        "fc1", "fc2", "self_attn.k_proj", "self_attn.out_proj", "self_attn.q_proj", "self_attn.v_proj",
+    ],
+    "tiny_bert": [  # the pooler's dense layer lies outside the blocks: not adapted
+        "attention.output.dense", "attention.self.key", "attention.self.query", "attention.self.value",
+        "intermediate.dense", "output.dense",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fixture", list(EXPECTED_TARGETS))
+def test_targets_are_the_block_linear_layers(request, fixture):
+    model, _ = request.getfixturevalue(fixture)
+    n = model.config.num_hidden_layers
+    _, suffixes = block_linear_suffixes(model, n)
+    assert suffixes == EXPECTED_TARGETS[fixture]
+    peft_model = add_lora(
+        backend_for(fresh(request.getfixturevalue(fixture))),
+        r=2, alpha=4, dropout=0.0, target_modules=None, quantized=False, blocks=blocks_below(-1, n, 1),
+    )  # fmt: skip
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in peft_model.named_parameters() if ".lora_A" in name}
+    assert len(adapted) == len(EXPECTED_TARGETS[fixture])  # one block (the top one) only
+    assert all(f".{n - 1}." in name for name in adapted)
+
+
+def test_target_matching_nothing_is_refused(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(
+        PromptlabError, match=r"'query' matches no nn.Linear.*mlp.down_proj, .*self_attn.v_proj"
+    ):
+        resolve_targets(model, 3, ["q_proj", "query"])
+    assert "self_attn\\.q_proj" in resolve_targets(model, 3, ["q_proj"])
+
+
+@pytest.mark.parametrize(
+    ("layer", "count", "blocks"), [(-1, None, range(0, 3)), (-1, 2, range(1, 3)), (2, 1, range(1, 2))]
+)
+def test_blocks_below_the_read_out(layer, count, blocks):
+    assert blocks_below(layer, 3, count) == blocks
+
+
+# --------------------------------------------------------------------------- training
+
+
+def toy_loss(trainer) -> float:
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.objective.loss(TOY))
+
+
+def test_only_adapter_weights_change_and_loss_falls(tmp_path, senteval, tiny_llama):
+    model, tokenizer = fresh(tiny_llama)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = config(tmp_path, senteval, steps=30, batch_size=8, lr=1e-2, eval_every=0, temperature=0.1)
+    trainer = Trainer(cfg, backend=backend_for((model, tokenizer)), data=TrainingData(TOY))
+    start_loss = toy_loss(trainer)
+    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    trainer.run(progress=False)
+    after = trainer.model.state_dict()
+    lora_names = {n for n in after if "lora_" in n}
+    assert lora_names and set(lora_before) == {n for n in after if "lora_" in n and n in lora_before}
+    for name, value in after.items():
+        if name in lora_names:
+            continue
+        original = name.replace(".base_layer", "")  # peft keeps the wrapped Linear as base_layer
+        assert torch.equal(value, before[original]), f"{name} changed"
+    assert any(not torch.equal(lora_before[n], after[n]) for n in lora_before if "lora_B" in n)
+    end_loss = toy_loss(trainer)
+    assert end_loss < 0.5 * start_loss, (start_loss, end_loss)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, tiny_llama):
+    def run(folder: str, *, stop_at: int | None = None, resume: bool = False):
+        cfg = config(
+            tmp_path, senteval, output_dir=str(tmp_path / folder), steps=7, save_every=2, lora_dropout=0.2
+        )
+        trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY[:6]))
+
+        def stop(step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            trainer.run(progress=False, on_step=stop, resume=resume)
+        except KeyboardInterrupt:
+            pass
+        return trainer
+
+    whole = run("whole")
+    run("parts", stop_at=5)  # interrupted after step 5; the last checkpoint is step 4
+    state = torch.load(tmp_path / "parts" / "checkpoint-last" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 4
+    resumed = run("parts", resume=True)
+    assert resumed.step == whole.step == 7
+    mine = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
+    reference = {n: p for n, p in whole.model.named_parameters() if p.requires_grad}
+    assert mine.keys() == reference.keys()
+    for name in mine:
+        assert torch.equal(mine[name], reference[name]), name
+    assert [e["dev_spearman"] for e in resumed.history] == [e["dev_spearman"] for e in whole.history]
+    events = [
+        json.loads(line)["event"] for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
+    ]
+    assert events[:4] == ["start", "step", "step", "step"] and events[4] == "eval"
+    assert "resume" in events and events[-1] == "end"
+
+
+def test_output_dir_guards(tmp_path, senteval, tiny_llama):
+    cfg = config(tmp_path, senteval, steps=1, eval_every=0)
+    Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    with pytest.raises(PromptlabError, match="is not empty; pass --resume"):
+        Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    changed = config(tmp_path, senteval, steps=1, eval_every=0, lr=1e-3)
+    with pytest.raises(PromptlabError, match=r"config changed \(lr: 0.005 -> 0.001\)"):
+        Trainer(changed, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(
+            progress=False, resume=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "overrides", "message"),
+    [
+        ("tiny_llama", {"template": "promptbert"}, "tokenizer has no mask token"),
+        ("tiny_llama", {"objective": "dropout"}, "this model has no dropout"),
+        ("tiny_llama", {"target_modules": ["query"]}, "'query' matches no nn.Linear"),
+        (
+            "tiny_bert",
+            {"objective": "two_template", "template": "promptbert", "template2": "none"},
+            "read out differently",
+        ),
+    ],
+)
+def test_bad_training_setups(request, tmp_path, senteval, fixture, overrides, message):
+    cfg = config(tmp_path, senteval, **overrides)
+    with pytest.raises(PromptlabError, match=message):
+        Trainer(cfg, backend=backend_for(fresh(request.getfixturevalue(fixture))), data=TrainingData(TOY))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"objective": "two_template", "template2": "promptbert-view2", "denoise": True},
+        {"objective": "dropout"},
+        {"objective": "supervised", "denoise": True},
+    ],
+)
+def test_promptbert_objectives_train_on_an_encoder(tmp_path, senteval, tiny_bert, overrides):
+    cfg = config(tmp_path, senteval, template="promptbert", steps=2, eval_every=0, **overrides)
+    data = TrainingData(TOY if overrides["objective"] == "supervised" else [Example(e.anchor) for e in TOY])
+    result = Trainer(cfg, backend=backend_for(fresh(tiny_bert)), data=data).run(progress=False)
+    assert (
+        result.steps == 2
+        and result.best_step == 2
+        and (tmp_path / "run" / "best" / "adapter_config.json").is_file()
+    )
+
+
+# --------------------------------------------------------------------------- adapters through the Embedder
+
+
+@pytest.fixture(scope="module")
+def trained_llama(tmp_path_factory, senteval, tiny_llama):
+    """A tiny LLaMA adapter evaluated only at the end, so best/ holds the final weights."""
+    out = tmp_path_factory.mktemp("adapter")
+    cfg = config(out, senteval, steps=4, eval_every=0, lr=2e-2)
+    trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY))
+    trainer.run(progress=False)
+    return trainer, out / "run" / "best"
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_adapter_loads_through_the_embedder(trained_llama, tiny_llama, merge):
+    trainer, best = trained_llama
+    sentences = [e.positive for e in TOY]
+    trainer.model.eval()
+    expected = trainer.view.encode(sentences)
+    embedder = Embedder(backend_for(fresh(tiny_llama)), "prompteol", adapter=str(best), merge_adapter=merge)
+    np.testing.assert_allclose(embedder.encode(sentences), expected, atol=1e-5, rtol=1e-5)
+    plain = Embedder(backend_for(tiny_llama), "prompteol").encode(sentences)
+    assert np.abs(plain - expected).max() > 1e-3  # the adapter does change the vectors
+    described = embedder.describe()
+    assert described["adapter"] == str(best) and described["adapter_merged"] is merge
+    meta = json.loads((best / "promptlab_adapter.json").read_text())
+    assert meta["config"]["lr"] == 2e-2 and meta["template"]["name"] == "prompteol" and meta["step"] == 4
+
+
+def test_adapter_on_another_base_is_refused(trained_llama, tiny_opt):
+    _, best = trained_llama
+    with pytest.raises(
+        PromptlabError,
+        match=r"trained on 'tiny-random' \(LlamaModel, 3 layers\), "
+        r"but the model given is 'tiny-random' \(OPTModel, 2 layers\)",
+    ):
+        Embedder(backend_for(fresh(tiny_opt)), "prompteol", adapter=str(best))
+
+
+def test_not_an_adapter_folder(tmp_path, tiny_llama):
+    with pytest.raises(PromptlabError, match="not a LoRA adapter folder"):
+        Embedder(backend_for(tiny_llama), "prompteol", adapter=str(tmp_path))
+
+
+def test_qlora_trains_lora_on_a_4bit_base(tmp_path, senteval, tokenizer_dir):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+    cfg = config(
+        tmp_path, senteval, model=str(tokenizer_dir), quantization="nf4", dtype="float32", eval_every=0
+    )
+    trainer = Trainer(cfg, data=TrainingData(TOY))
+    layer = trainer.model.layers[0].self_attn.q_proj
+    assert type(layer.base_layer).__name__ == "Linear4bit"
+    packed = layer.base_layer.weight.detach().clone()
+    lora_b = layer.lora_B["default"].weight.detach().clone()
+    trainer.run(progress=False)
+    assert torch.equal(layer.base_layer.weight, packed)  # the 4-bit base is frozen
+    assert not torch.equal(layer.lora_B["default"].weight, lora_b)
+    # The adapter also loads onto the unquantized base (same weights file, same identity).
+    vectors = Embedder(str(tokenizer_dir), "prompteol", adapter=str(tmp_path / "run" / "best")).encode(
+        ["A man."]
+    )
+    assert np.isfinite(vectors).all()
+
+
+# --------------------------------------------------------------------------- the CLI, end to end
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A saved tiny LLaMA with hidden size 64 (bitsandbytes' 4-bit blocks need at least 64 inputs)."""
+    from conftest import _bpe_tokenizer
+    from transformers import LlamaConfig, LlamaModel
+
+    tokenizer = _bpe_tokenizer(bos=None)
+    torch.manual_seed(0)
+    config_ = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-llama-64")
+    LlamaModel(config_).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tiny_llama) -> Path:
+    model, tokenizer = tiny_llama
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, llama_dir, capsys):
+    from promptlab.cli import main
+
+    (tmp_path / "pairs.csv").write_text(
+        "sent0,sent1,hard_neg\n" + "".join(f"{e.anchor},{e.positive},x\n" for e in TOY)
+    )
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'model = "{llama_dir}"\noutput_dir = "{tmp_path / "run"}"\ndata = ["{tmp_path / "pairs.csv"}"]\n'
+        f'data_dir = "{senteval}"\nsteps = 2\nbatch_size = 4\neval_every = 1\ndtype = "float32"\n'
+    )
+    assert main(["finetune", str(toml), "--set", "lr=0.01", "--no-progress"]) == 0
+    assert "best STS-B dev" in capsys.readouterr().err
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log] == ["start", "step", "eval", "step", "eval", "end"]
+    assert log[0]["config"]["lr"] == 0.01 and log[0]["data"]["holdout"] == {"mode": "pairs", "dropped": 0}
+    args = ["eval", "--model", str(llama_dir), "--tasks", "STSBenchmark", "--data-dir", str(senteval)]
+    assert main([*args, "--adapter", str(tmp_path / "run" / "best")]) == 0
+    assert "STSB" in capsys.readouterr().out
+    assert main(["finetune", str(toml)]) == 2  # output_dir taken
+    assert "pass --resume" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- slow: a real encoder and data
+
+REAL = Path(__file__).resolve().parents[2] / "shared/data/senteval"
+
+
+@pytest.mark.slow
+def test_real_minilm_promptbert_run_and_adapter_round_trip(tmp_path):
+    import os
+
+    data_dir = Path(os.environ.get("PROMPTLAB_DATA") or REAL)
+    cfg = FinetuneConfig(
+        model="minilm-l6", output_dir=str(tmp_path / "run"),
+        template="promptbert", template2="promptbert-view2", objective="two_template", denoise=True,
+        dtype="float32", data=["sick-train"], data_dir=str(data_dir),
+        max_examples=64, batch_size=16, steps=3, eval_every=0, dev_pairs=60, num_threads=2,
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.data.report["holdout"]["mode"] == "sentences" and len(trainer.data) == 64
+    result = trainer.run(progress=False)
+    assert result.steps == 3 and math.isfinite(result.best_dev)
+    sentences = ["A man is playing a guitar.", "A woman slices an onion."]
+    trainer.model.eval()
+    expected = trainer.view.encode(sentences)
+    loaded = Embedder("minilm-l6", "promptbert", adapter=str(tmp_path / "run" / "best"))
+    np.testing.assert_allclose(loaded.encode(sentences), expected, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,148 @@
+"""The vllm backend: same vectors as the transformers backend, and clear refusals.
+
+Tests marked ``vllm`` need vLLM, which lives in its own virtual environment (it pins its own torch and
+transformers): `.ci/run` runs them there with PROMPTLAB_REQUIRE_VLLM=1, where a missing vLLM fails instead
+of skipping. The others run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from promptlab.backends.vllm import VllmBackend
+from promptlab.embedder import Embedder
+from promptlab.errors import PromptlabError
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "The cat sits.",
+    "Two dogs run through a field of grass while children watch!",
+    'He said "hello" to everyone in the room?',
+    "The cat sits.",
+]
+
+
+@pytest.fixture(scope="module")
+def vllm_installed():
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("PROMPTLAB_REQUIRE_VLLM"):
+            pytest.fail("PROMPTLAB_REQUIRE_VLLM is set but vllm is not installed in this environment")
+        pytest.skip("vllm is not installed here; .ci/run runs these tests in the vllm venv")
+
+
+def save_tiny(tmp_path_factory, kind: str):
+    """A tiny random model on disk. vLLM's CPU attention needs a head size of 32 or more."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import conftest
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        tokenizer = conftest._bpe_tokenizer(bos=None)
+        model = LlamaModel(
+            LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+            )
+        )  # fmt: skip
+    else:
+        tokenizer = conftest._wordpiece_tokenizer()
+        model = BertModel(
+            BertConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=64,
+            )
+        )  # fmt: skip
+    path = tmp_path_factory.mktemp(f"tiny-{kind}")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory, "bert")
+
+
+@pytest.fixture(scope="module")
+def vllm_llama(vllm_installed, llama_dir):
+    return VllmBackend.load(llama_dir, dtype="float32", device="cpu")
+
+
+def assert_same_vectors(got: np.ndarray, expected: np.ndarray) -> None:
+    cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() >= 0.9999, cos
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+# -- everywhere ---------------------------------------------------------------------------------------------
+def test_missing_vllm_names_the_extras(monkeypatch, llama_dir):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    with pytest.raises(PromptlabError, match=r"needs vLLM.*promptlab\[vllm\].*promptlab\[vllm-cpu\]"):
+        Embedder(llama_dir, "prompteol", backend="vllm")
+
+
+def test_bitsandbytes_quantization_is_refused(llama_dir):
+    with pytest.raises(PromptlabError, match="not available with --backend vllm"):
+        VllmBackend.load(llama_dir, quantization="nf4")
+
+
+@pytest.mark.parametrize(("layer", "shown"), [(1, "1"), (-2, "2"), (0, "0")])
+def test_layers_other_than_the_last_are_refused(llama_dir, layer, shown):
+    from transformers import AutoConfig, AutoTokenizer
+
+    backend = VllmBackend(
+        llama_dir,
+        AutoTokenizer.from_pretrained(llama_dir),
+        AutoConfig.from_pretrained(llama_dir),
+        dtype="float32",
+        info={"device": "cpu"},
+    )  # fmt: skip  (no engine is started: the refusal comes first)
+    embedder = Embedder(backend, "prompteol", layer=layer)
+    with pytest.raises(
+        PromptlabError, match=rf"only the last layer \(3\), not hidden-state layer\(s\) {shown};"
+    ):
+        embedder.encode(SENTENCES)
+
+
+# -- with vLLM ----------------------------------------------------------------------------------------------
+@pytest.mark.vllm
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_next_token_vectors_equal_the_transformers_backend(vllm_llama, llama_dir, padding_side):
+    got = Embedder(vllm_llama, "prompteol", padding_side=padding_side).encode(SENTENCES, batch_size=2)
+    expected = Embedder(llama_dir, "prompteol", prefix_cache=False).encode(SENTENCES)
+    assert vllm_llama._llm[0] == "LAST"
+    assert_same_vectors(got, expected)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_token_poolings_use_all_states(vllm_llama, llama_dir, pooling):
+    got = Embedder(vllm_llama, "e5-query", pooling=pooling).encode(SENTENCES, batch_size=3)
+    assert vllm_llama._llm[0] == "ALL"
+    assert_same_vectors(got, Embedder(llama_dir, "e5-query", pooling=pooling).encode(SENTENCES))
+
+
+@pytest.mark.vllm
+def test_mask_vectors_equal_the_transformers_backend(vllm_installed, bert_dir):
+    backend = VllmBackend.load(bert_dir, dtype="float32", device="cpu")
+    got = Embedder(backend, "promptbert", padding_side="left").encode(SENTENCES, batch_size=2)
+    assert backend._llm[0] == "ALL"
+    assert_same_vectors(got, Embedder(bert_dir, "promptbert").encode(SENTENCES))
+    assert Embedder(backend, "promptbert").describe()["backend"] == "vllm"
