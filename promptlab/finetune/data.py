@@ -249,6 +249,7 @@ def build_training_data(
     """Load, check against the objective, de-duplicate, apply the holdout, subsample."""
     report: dict = {"sources": {}}
     examples: list[Example] = []
+    per_source: list[list[Example]] = []
     for source in sources:
         loaded = load_source(source, data_dir=data_dir, min_score=min_score, labels=objective == "supervised")
         report["sources"][source] = {
@@ -261,15 +262,19 @@ def build_training_data(
                 "use a CSV with sent0,sent1[,hard_neg], or objective 'dropout' / 'two_template'."
             )
         examples += loaded
+        per_source.append(loaded)
     if objective != "supervised":  # unsupervised: every distinct sentence once, its own positive
+        per_source = [[Example(t) for e in loaded for t in e.texts()] for loaded in per_source]
         examples = [Example(t) for t in dict.fromkeys(t for e in examples for t in e.texts())]
     examples = list(dict.fromkeys(examples))
     report["unique_examples"] = len(examples)
     if holdout != "none" and examples:
         items = eval_items(data_dir)
-        kept = [e for e in examples if not is_held_out(e, items, holdout)]
-        report["holdout"] = {"mode": holdout, "dropped": len(examples) - len(kept)}
-        examples = kept
+        held = {e for e in examples if is_held_out(e, items, holdout)}
+        report["holdout"] = {"mode": holdout, "dropped": len(held)}
+        for source, loaded in zip(sources, per_source, strict=True):
+            report["sources"][source]["held_out"] = len(held.intersection(loaded))
+        examples = [e for e in examples if e not in held]
     if max_examples is not None and len(examples) > max_examples:
         examples = random.Random(seed).sample(examples, max_examples)
     report["examples"] = len(examples)

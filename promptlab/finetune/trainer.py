@@ -307,6 +307,11 @@ class Trainer:
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "trainable_parameters": sum(p.numel() for p in self.params),
+            # Bytes of the frozen base weights as stored (a 4-bit layer packs two weights per byte).
+            "base_weights_mib": sum(
+                p.numel() * p.element_size() for p in self.model.parameters() if not p.requires_grad
+            )
+            / 2**20,
             "versions": {
                 "promptlab": promptlab.__version__,
                 "torch": torch.__version__,
