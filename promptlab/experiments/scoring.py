@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,10 +91,14 @@ class Benchmark:
         if not layers:
             return {}, 0.0
         start = time.perf_counter()
-        if self.dev_pairs is not None:
-            records = self._score_subset(embedder, layers, progress)
-        else:
-            records = self._score_tasks(embedder, layers, progress)
+        with warnings.catch_warnings():
+            # A layer whose vectors are the same for every sentence (layer 0 at the next-token position)
+            # has no Spearman; its score is recorded as None, and reports show it blank.
+            warnings.filterwarnings("ignore", message="An input array is constant")
+            if self.dev_pairs is not None:
+                records = self._score_subset(embedder, layers, progress)
+            else:
+                records = self._score_tasks(embedder, layers, progress)
         return records, time.perf_counter() - start
 
     def _score_tasks(self, embedder, layers, progress):
