@@ -5,7 +5,8 @@ kept in file order, duplicates kept: deduplication is part of what is measured):
 
   (a) naive   the PromptEOL reference code's way: file order, fixed batch, float32, left padding,
               the LM head called with all hidden states returned, the last position read
-  (b) default promptlab's defaults (float32)          (c) bf16  promptlab, bfloat16
+  (b) default promptlab's defaults (dtype "auto": bf16 on CPUs with AMX/AVX512-BF16, else fp32), and fp32
+  (c) bf16  promptlab, bfloat16
   (d) int8 / nf4  bitsandbytes                         (e) vllm  --backend vllm (its own venv: --vllm-python)
   (f) demo    a prompt with an in-context demonstration, with and without the prefix KV cache (bfloat16)
   (g) st      sentence-transformers on the same pre-formatted prompts, last-token pooling (fp32 and bf16)
@@ -33,21 +34,30 @@ import tempfile
 import time
 from pathlib import Path
 
-ROWS = ("a", "b", "c", "d-int8", "d-nf4", "e", "e-bf16", "f-nocache", "f-cache", "g", "g-bf16")
+ROWS = (
+    "a", "b", "b-fp32", "c", "c-compile", "d-int8", "d-nf4", "e", "e-bf16",
+    "f-nocache", "f-cache", "f-best-nocache", "f-best-cache", "g", "g-bf16",
+)  # fmt: skip
 LABELS = {
     "a": "(a) naive loop (PromptEOL reference style), fp32",
-    "b": "(b) promptlab default (fp32)",
+    "b": "(b) promptlab default (dtype auto)",
+    "b-fp32": "(b) promptlab, float32",
     "c": "(c) promptlab bf16",
+    "c-compile": "(c) promptlab bf16, --compile (torch.compile)",
     "d-int8": "(d) promptlab int8 (bitsandbytes)",
     "d-nf4": "(d) promptlab nf4 (bitsandbytes, bf16 compute)",
     "e": "(e) promptlab --backend vllm, fp32",
     "e-bf16": "(e) promptlab --backend vllm, bf16",
     "f-nocache": "(f) demonstration prompt, no prefix cache, bf16",
     "f-cache": "(f) demonstration prompt, prefix cache, bf16",
+    "f-best-nocache": "(f) searched best prompt (eol-topic + stsb-train-0022), no prefix cache, bf16",
+    "f-best-cache": "(f) searched best prompt (eol-topic + stsb-train-0022), prefix cache, bf16",
     "g": "(g) sentence-transformers, last-token, fp32",
     "g-bf16": "(g) sentence-transformers, last-token, bf16",
 }
-DEMONSTRATION = "eol-opt-125m"
+DEMONSTRATION = "eol-opt-125m"  # PromptEOL's demonstration for its smallest model
+# The configuration experiments/README.md found best on STS-B dev (template, demonstration, layer 28).
+BEST = {"template": "eol-topic", "demonstration": "stsb-train-0022", "layer": 28}
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -118,9 +128,11 @@ def row_naive(model_path: str, sentences: list[str], batch_size: int) -> dict:
 def row_promptlab(model: str, sentences: list[str], batch_size: int, **options) -> dict:
     from promptlab.embedder import Embedder
 
-    demonstration = options.pop("demonstration", None)
-    embedder = Embedder(model, "prompteol", batch_size=batch_size, demonstration=demonstration, **options)
-    embedder.encode(sentences[:batch_size])  # warm-up (and the engine start, for vllm)
+    template = options.pop("template", "prompteol")
+    embedder = Embedder(model, template, batch_size=batch_size, **options)
+    warmup = time.perf_counter()
+    embedder.encode(sentences[:batch_size])  # warm-up (the engine start for vllm, the compile for --compile)
+    warmup = time.perf_counter() - warmup
     cache = getattr(embedder.backend, "prefix_cache", None)
     if cache is not None:
         cache.clear()  # the timed run computes its prefix itself
@@ -145,6 +157,8 @@ def row_promptlab(model: str, sentences: list[str], batch_size: int, **options) 
         "prefix_length": prefix,
         "unique_sentences": stats["unique_sentences"],
         "params": params,
+        "dtype": embedder.describe()["dtype"],
+        "warmup_seconds": warmup,
     }
 
 
@@ -187,18 +201,24 @@ def run_row(row: str, model: str, sentences: list[str], batch_size: int) -> dict
         return row_st(path, sentences, batch_size, "bfloat16" if row == "g-bf16" else "float32")
     options = {
         "b": {},
+        "b-fp32": {"dtype": "float32"},
         "c": {"dtype": "bfloat16"},
+        "c-compile": {"dtype": "bfloat16", "compile": True},
         "d-int8": {"quantization": "int8"},
         "d-nf4": {"quantization": "nf4", "dtype": "bfloat16"},
         "e": {"backend": "vllm"},
         "e-bf16": {"backend": "vllm", "dtype": "bfloat16"},
         "f-nocache": {"dtype": "bfloat16", "demonstration": DEMONSTRATION, "prefix_cache": False},
         "f-cache": {"dtype": "bfloat16", "demonstration": DEMONSTRATION},
+        "f-best-nocache": {"dtype": "bfloat16", "prefix_cache": False, **BEST},
+        "f-best-cache": {"dtype": "bfloat16", **BEST},
     }[row]
     return row_promptlab(model, sentences, batch_size, **options)
 
 
 def child_main(args) -> int:
+    if args.child == "c-compile":  # a cold compile: measure it as a user's first run pays it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
     sentences = json.loads(Path(args.sentences).read_text())
     if args.limit:
         sentences = sentences[: args.limit]
@@ -303,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row}: FAILED\n{tail}", flush=True)
             rows[row] = {"error": tail[-600:]}
             continue
-        dtype = "float32" if row in ("a", "b", "d-int8", "e", "g") else "bfloat16"
+        dtype = result.get("dtype") or ("float32" if row in ("a", "d-int8", "e", "g") else "bfloat16")
         result.update(
             sentences_per_second=result["sentences"] / result["seconds"],
             sentences_per_cpu_second=result["sentences"] / result["cpu_seconds"],
@@ -372,7 +392,48 @@ def markdown(record: dict) -> str:
             f"{100 * r['fraction_of_bf16_peak']:.0f} | {100 * r['fraction_of_own_dtype_peak']:.0f} | "
             f"{r['load_at_start']:.1f} |"
         )
+    lines += ["", *targets(record["rows"])]
     return "\n".join(lines) + "\n"
+
+
+def targets(rows: dict) -> list[str]:
+    """The issue's speed targets, read off this run's rows (only those measured)."""
+
+    def rate(name):
+        return rows.get(name, {}).get("sentences_per_second")
+
+    out = ["Targets (this run):", ""]
+    if rate("a") and rate("b"):
+        out.append(f"- default vs naive loop: {rate('b') / rate('a'):.2f}x (target >= 4x)")
+    default_dtype = rows.get("b", {}).get("dtype")
+    pairs = [("b-fp32", "g", "float32"), ("c", "g-bf16", "bfloat16")]
+    if default_dtype:  # the default against the peer in the same dtype
+        pairs.insert(0, ("b", "g-bf16" if default_dtype == "bfloat16" else "g", default_dtype))
+    for ours, peer, dtype in pairs:
+        if rate(ours) and rate(peer):
+            out.append(
+                f"- {LABELS[ours][4:]} vs sentence-transformers, {dtype}: {rate(ours):.1f} vs {rate(peer):.1f} "
+                f"sentences/s, {rate(ours) / rate(peer):.2f}x (target >= 1x)"
+            )
+    for off, on in (("f-nocache", "f-cache"), ("f-best-nocache", "f-best-cache")):
+        if rate(off) and rate(on):
+            token_ratio = rows[off]["tokens"] / rows[on]["tokens"]
+            out.append(
+                f"- prefix cache, {LABELS[on].split(', prefix')[0][4:]}: {rate(on) / rate(off):.2f}x faster "
+                f"than without (target >= 2x); it runs {token_ratio:.2f}x fewer tokens"
+            )
+    if rate("c") and rate("c-compile"):
+        out.append(
+            f"- --compile: {rate('c-compile') / rate('c'):.2f}x the eager bf16 rate, after a "
+            f"{rows['c-compile']['warmup_seconds']:.0f} s compile (warm-up, not in the rate)"
+        )
+    for name in ("b", "c", "c-compile", "f-cache", "f-best-cache"):
+        if name in rows and "fraction_of_bf16_peak" in rows[name]:
+            out.append(
+                f"- {LABELS[name]}: {100 * rows[name]['fraction_of_bf16_peak']:.0f}% of the measured bf16 "
+                "matmul peak (target >= 50%)"
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """STS cost and peak memory of bitsandbytes quantization (int8, nf4, fp4) against float32 and bfloat16.
 
-Each configuration runs in its own child process (peak RSS from wait4) on the same pairs: STS-B test and
-SICK-R test, or a seeded sample of ``--pairs`` pairs of each (the CPU budget here does not allow the full
-seven tasks with bitsandbytes' CPU kernels). Reports Spearman x 100 per task, the change against float32,
-the mean cosine between each configuration's vectors and float32's, and peak memory.
+Each configuration runs in its own child process (peak RSS from wait4) on the same pairs: the test sets of
+the seven STS tasks (STS12-16 pooled over their subsets, as the "all" score), whole or a seeded sample of
+``--pairs`` pairs of each (bitsandbytes' CPU kernels make the full 26k sentences an hour per configuration
+here). Reports Spearman x 100 per task, the change of the average against float32 with a paired bootstrap
+95% interval (the same resampled pairs for both configurations, so the interval is that of the difference,
+not of either score), the cosine between each configuration's vectors and float32's, and peak memory.
 
     python benchmarks/quant_sts.py --pairs 300 --output experiments/bench/quant-smollm2-135m.json
 """
@@ -22,31 +24,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import spawn  # noqa: E402
 
+# The quantized rows compute in float32, so their difference to fp32 is the weights' quantization alone.
 CONFIGS = {
-    "fp32": {},
+    "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
-    "int8": {"quantization": "int8"},
-    "nf4": {"quantization": "nf4"},
-    "fp4": {"quantization": "fp4"},
+    "int8": {"quantization": "int8", "dtype": "float32"},
+    "nf4": {"quantization": "nf4", "dtype": "float32"},
+    "fp4": {"quantization": "fp4", "dtype": "float32"},
 }
-TASKS = ("STSBenchmark", "SICKRelatedness")
+TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
 
 
-def load_pairs(data_dir, pairs: int, seed: int) -> dict[str, tuple[list[str], list[str], list[float]]]:
+def load_pairs(
+    data_dir, pairs: int, seed: int, tasks=TASKS
+) -> dict[str, tuple[list[str], list[str], list[float]]]:
     from promptlab.evaluation import load_task
 
     out = {}
-    for task in TASKS:
-        (part,) = load_task(task, split="test", data_dir=data_dir)
-        rows = list(range(len(part.sentences1)))
+    for task in tasks:
+        first, second, gold = [], [], []
+        for part in load_task(task, split="test", data_dir=data_dir):
+            first += part.sentences1
+            second += part.sentences2
+            gold += [float(score) for score in part.scores]
+        rows = list(range(len(first)))
         if pairs and pairs < len(rows):
             rows = sorted(random.Random(seed).sample(rows, pairs))
-        out[task] = (
-            [part.sentences1[i] for i in rows],
-            [part.sentences2[i] for i in rows],
-            [float(part.scores[i]) for i in rows],
-        )
+        out[task] = ([first[i] for i in rows], [second[i] for i in rows], [gold[i] for i in rows])
     return out
+
+
+def paired_bootstrap(cosines: dict, reference: dict, gold: dict, *, rounds: int, seed: int):
+    """95% interval of (average Spearman of ``cosines``) - (that of ``reference``) over resampled pairs."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(rounds):
+        total = 0.0
+        for task, g in gold.items():
+            idx = rng.integers(0, len(g), len(g))
+            total += spearmanr(cosines[task][idx], g[idx]).statistic
+            total -= spearmanr(reference[task][idx], g[idx]).statistic
+        deltas.append(100 * total / len(gold))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def child(args) -> int:
@@ -73,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=300, help="pairs sampled per task (0: the whole test set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default="fp32,bf16,int8,nf4,fp4")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated STS tasks (test sets)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds (0: none)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--output", required=True)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -86,12 +111,13 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     load = os.getloadavg()
-    data = load_pairs(args.data_dir, args.pairs, args.seed)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    data = load_pairs(args.data_dir, args.pairs, args.seed, tasks)
     sentences = sorted({s for a, b, _ in data.values() for s in a + b})
     index = {s: i for i, s in enumerate(sentences)}
     work = Path(tempfile.mkdtemp())
     (work / "pairs.json").write_text(json.dumps(data))
-    results, vectors = {}, {}
+    results, vectors, cosines = {}, {}, {}
     for name in [c.strip() for c in args.configs.split(",")]:
         files = ["--pairs-file", str(work / "pairs.json"), "--vectors", str(work / f"{name}.npy")]
         argv_child = [__file__, "--child", name, "--model", args.model, *files, "--output", "-"]
@@ -102,10 +128,11 @@ def main(argv=None) -> int:
             continue
         v = np.load(work / f"{name}.npy")
         vectors[name] = v
-        scores = {}
+        scores, cosines[name] = {}, {}
         for task, (a, b, gold) in data.items():
             x, y = v[[index[s] for s in a]], v[[index[s] for s in b]]
             cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+            cosines[name][task] = cos
             scores[task] = 100 * spearmanr(cos, gold).statistic
         results[name] = {
             **result,
@@ -122,11 +149,17 @@ def main(argv=None) -> int:
             cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
             results[name]["cosine_to_fp32"] = {"mean": float(cos.mean()), "min": float(cos.min())}
             results[name]["delta_average"] = results[name]["average"] - results["fp32"]["average"]
+            if args.bootstrap and name != "fp32":
+                gold = {task: np.asarray(d[2]) for task, d in data.items()}
+                results[name]["delta_average_ci95"] = paired_bootstrap(
+                    cosines[name], cosines["fp32"], gold, rounds=args.bootstrap, seed=args.seed
+                )
     record = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [sys.executable, *sys.argv],
         "model": args.model,
-        "tasks": list(TASKS),
+        "tasks": list(tasks),
+        "bootstrap_rounds": args.bootstrap,
         "pairs_per_task": {t: len(d[0]) for t, d in data.items()},
         "seed": args.seed,
         "unique_sentences": len(sentences),
@@ -141,18 +174,20 @@ def main(argv=None) -> int:
         f"{len(sentences)} unique sentences; load average at start {load[0]:.2f}",
         "",
         "| config | "
-        + " | ".join(TASKS)
-        + " | avg | Δ vs fp32 | cos to fp32 (mean/min) | peak RSS MiB | sent/s |",
-        "|---|" + "---:|" * (len(TASKS) + 5),
+        + " | ".join(tasks)
+        + " | avg | Δ vs fp32 | Δ 95% CI | cos to fp32 (mean/min) | peak RSS MiB | sent/s |",
+        "|---|" + "---:|" * (len(tasks) + 6),
     ]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | failed |")
             continue
         cos = r.get("cosine_to_fp32", {"mean": float("nan"), "min": float("nan")})
+        ci = r.get("delta_average_ci95")
+        ci = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
         lines.append(
-            f"| {name} | " + " | ".join(f"{r['scores'][t]:.2f}" for t in TASKS)
-            + f" | {r['average']:.2f} | {r.get('delta_average', float('nan')):+.2f} | "
+            f"| {name} | " + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+            + f" | {r['average']:.2f} | {r.get('delta_average', float('nan')):+.2f} | {ci} | "
             f"{cos['mean']:.4f} / {cos['min']:.4f} | {r['peak_rss_mib']:.0f} | "
             f"{r['sentences_per_second']:.1f} |"
         )  # fmt: skip

@@ -25,7 +25,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--layer", type=int, default=-1, help="hidden-state layer; -1 is the last, 0 the embeddings"
     )
     p.add_argument("--pooling", default=None, help="for prefix templates: cls | cls_mlp | mean | max | last")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
+    )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -39,6 +44,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-adapter", action="store_true", help="merge the --adapter into the base weights")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"], help="vllm: extra")
     p.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"], help="bitsandbytes")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the forward (transformers backend): faster on long jobs after a 1-2 min compile",
+    )
     p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
 
@@ -62,6 +72,7 @@ def build_embedder(args: argparse.Namespace):
         backend=getattr(args, "backend", "transformers"),
         quantization=getattr(args, "quantization", None),
         cache_dir=_embedding_cache_dir(args),
+        compile=getattr(args, "compile", False),
     )
 
 
@@ -133,7 +144,8 @@ def eval_command(args: argparse.Namespace) -> int:
     stats = embedder.last_stats
     template = embedder.template
     shown = template.name + (f" ({template.pooling})" if template.kind == "prefix" else "")
-    label = f"{embedder.describe()['model']}, {shown}, layer {args.layer}, {args.dtype}"
+    described = embedder.describe()
+    label = f"{described['model']}, {shown}, layer {args.layer}, {described['dtype']}"
     print(format_table([(label, result, {"sent/s": f"{stats['sentences_per_second']:.1f}"})]))
     if output:
         record = {

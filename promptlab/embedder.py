@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from promptlab.backends import Backend, load_backend
+from promptlab.backends import Backend, load_backend, resolve_dtype
 from promptlab.cache import EmbeddingCache
 from promptlab.errors import PromptlabError
 from promptlab.prefix_cache import shared_prefix_length
@@ -48,7 +48,9 @@ class Embedder:
             ready `Backend`.
         template: a registry name (``prompteol``, ``promptbert``, ``none``…) or literal text with ``[X]``.
         layer: hidden-state index; negative counts from the top (-1 = last), 0 is the embedding output.
-        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        dtype: ``auto`` (bfloat16 where the CPU/GPU computes in it natively, else float32; see
+            `promptlab.backends.resolve_dtype`) | ``float32`` | ``bfloat16`` | ``float16``. The dtype used is
+            in `describe()`.
         pooling: for ``prefix`` templates only: ``cls`` | ``cls_mlp`` | ``mean`` | ``max`` | ``last``.
         normalize_input: override the template's input rules (None keeps the template's setting).
         padding_side: ``right`` (default) or ``left``; results are the same either way.
@@ -58,6 +60,8 @@ class Embedder:
         quantization: ``int8`` | ``nf4`` | ``fp4`` (bitsandbytes) when loading ``model`` from a spec.
         prefix_cache: run the token prefix all prompts of a call share once (decoders; same vectors).
         cache_dir: keep vectors on disk there and reuse them (see `promptlab.cache`); None: no disk cache.
+        compile: run forwards through ``torch.compile`` (transformers backend): faster on long jobs, after a
+            one-off compile of a minute or two (see `TransformersBackend.compile`).
         demonstration: a `Demonstration`, a shipped id (``eol-opt-125m``) or ``best-of:RESULTS.jsonl``,
             solved in front of the prompt (PromptEOL's in-context learning; `promptlab.demonstrations`).
 
@@ -70,7 +74,7 @@ class Embedder:
         model: str | Backend,
         template: str | Template = "prompteol",
         layer: int = -1,
-        dtype: str = "float32",
+        dtype: str = "auto",
         *,
         pooling: str | None = None,
         backend: str = "transformers",
@@ -85,6 +89,7 @@ class Embedder:
         prefix_cache: bool = True,
         cache_dir: str | None = None,
         demonstration: Any = None,
+        compile: bool = False,
     ):
         template = get_template(template, pooling=pooling)
         if normalize_input is not None and normalize_input != template.normalize:
@@ -98,12 +103,20 @@ class Embedder:
         self.template = template
         if isinstance(model, str) or not hasattr(model, "embed"):
             quant = {"quantization": quantization} if quantization else {}
+            dtype = resolve_dtype(dtype, device)
             model = load_backend(backend, model, dtype=dtype, device=device, **quant)
         self.backend: Backend = model
         if adapter is not None:
             from promptlab.finetune.lora import attach_adapter
 
             attach_adapter(self.backend, adapter, merge=merge_adapter, template=template, layer=layer)
+        if compile:
+            if not callable(getattr(self.backend, "compile", None)):
+                raise PromptlabError(
+                    f"compile=True needs the transformers backend; the {getattr(self.backend, 'name', '?')} backend "
+                    "compiles (or not) by itself: drop compile=True / --compile."
+                )
+            self.backend.compile()
         self.layer = layer
         self.layer_index = self.resolve_layer(layer)
         self.batch_size = batch_size

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import SENTEVAL
 
+from promptlab.backends import resolve_dtype
 from promptlab.cli import main
 
 needs_senteval = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data not at {SENTEVAL}")
@@ -92,7 +93,8 @@ def test_eval_prints_the_table_and_writes_a_full_record(tiny_llama_dir, tmp_path
     record = json.loads(output.read_text())
     config = record["config"]
     assert config["template_text"] == 'This sentence : "[X]" means in one word:"'
-    assert config["layer"] == -2 and config["dtype"] == "float32" and config["model_source"] == "local"
+    assert config["layer"] == -2 and config["model_source"] == "local"
+    assert config["dtype"] == resolve_dtype("auto", "cpu")  # the dtype used, never "auto"
     assert len(config["model_file_sha256"]) == 64 and config["promptlab"]
     assert record["data_fingerprint"] and record["throughput"]["unique_sentences"] == 2551
     assert -100 <= record["scores"]["STSBenchmark"] <= 100

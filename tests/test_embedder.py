@@ -189,3 +189,56 @@ def test_describe_carries_the_configuration(tiny_llama):
     assert record["template_text"] == 'This sentence : "[X]" means in one word:"'
     assert record["layer"] == -2 and record["layer_index"] == 2 and record["num_layers"] == 3
     assert record["promptlab"] and record["transformers"] and record["backend"] == "transformers"
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_computes_in_it():
+    from promptlab.backends import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu", cpu_flags={"avx2", "amx_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", cpu_flags={"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", cpu_flags={"avx2", "avx512f"}) == "float32"  # bf16 only emulated
+    assert resolve_dtype("auto", "cpu", cpu_flags=set()) == "float32"
+    assert resolve_dtype("float16", "cpu", cpu_flags={"amx_bf16"}) == "float16"  # explicit wins
+    with pytest.raises(PromptlabError, match="choose one of auto, float32"):
+        resolve_dtype("fp32", "cpu")
+
+
+def test_auto_dtype_is_resolved_before_loading_and_recorded(tiny_llama, tmp_path):
+    from promptlab.backends import resolve_dtype
+
+    model, tokenizer = tiny_llama
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    embedder = Embedder(str(tmp_path), "prompteol")
+    assert embedder.describe()["dtype"] == resolve_dtype("auto", "cpu") != "auto"
+
+
+@pytest.mark.slow  # inductor compiles two graphs: about a minute on 2 cores
+def test_compiled_forward_gives_the_eager_vectors_on_both_paths(tiny_llama):
+    """`compile=True` (torch.compile, dynamic shapes) changes speed, not vectors: plain and prefix-cached paths."""
+    sentences = ["A man is playing a guitar.", "A woman slices an onion into rings.", "Rain."]
+    for options in ({"prefix_cache": False}, {"demonstration": "eol-opt-125m"}):
+        eager = Embedder(backend_for(tiny_llama), "prompteol", **options)
+        compiled = Embedder(backend_for(tiny_llama), "prompteol", compile=True, **options)
+        expected = eager.encode_layers(sentences, [1, -1], batch_size=2)
+        got = compiled.encode_layers(sentences, [1, -1], batch_size=2)
+        for layer in (1, -1):
+            np.testing.assert_allclose(got[layer], expected[layer], atol=1e-5, rtol=1e-4)
+        assert compiled.last_stats["prefix_length"] == eager.last_stats["prefix_length"]
+        assert compiled.describe()["compiled"] is True and "compiled" not in eager.describe()
+
+
+def test_compile_is_refused_by_a_backend_that_cannot(tiny_llama):
+    class NoCompile:
+        name = "other"
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, attr):
+            if attr == "compile":
+                raise AttributeError(attr)
+            return getattr(self._inner, attr)
+
+    with pytest.raises(PromptlabError, match="compile=True needs the transformers backend"):
+        Embedder(NoCompile(backend_for(tiny_llama)), "prompteol", compile=True)

@@ -688,5 +688,5 @@ def test_real_minilm_promptbert_run_and_adapter_round_trip(tmp_path):
     sentences = ["A man is playing a guitar.", "A woman slices an onion."]
     trainer.model.eval()
     expected = trainer.view.encode(sentences)
-    loaded = Embedder("minilm-l6", "promptbert", adapter=str(tmp_path / "run" / "best"))
+    loaded = Embedder("minilm-l6", "promptbert", dtype="float32", adapter=str(tmp_path / "run" / "best"))
     np.testing.assert_allclose(loaded.encode(sentences), expected, atol=1e-5, rtol=1e-5)

@@ -156,7 +156,7 @@ def test_prefix_cache_is_used_again_across_calls(tiny_llama):
 def test_smollm2_demonstration_prompt_equals_the_uncached_path():
     torch.set_num_threads(2)
     sentences = SENTENCES[:4]
-    cached = Embedder("smollm2-135m", "prompteol", demonstration="eol-opt-125m")
+    cached = Embedder("smollm2-135m", "prompteol", dtype="float32", demonstration="eol-opt-125m")
     plain = Embedder(cached.backend, "prompteol", demonstration="eol-opt-125m", prefix_cache=False)
     a = cached.encode_layers(sentences, [15, -1])
     b = plain.encode_layers(sentences, [15, -1])

@@ -84,7 +84,7 @@ def test_bitsandbytes_config(name, fields):
 def test_missing_bitsandbytes_names_the_extra(monkeypatch, llama_dir):
     monkeypatch.setattr(quantization, "bitsandbytes_version", lambda: None)
     with pytest.raises(PromptlabError, match=r"needs bitsandbytes.*pip install 'promptlab\[quant\]'"):
-        Embedder(str(llama_dir), "prompteol", quantization="nf4")
+        Embedder(str(llama_dir), "prompteol", dtype="float32", quantization="nf4")
 
 
 def test_platform_bitsandbytes_cannot_serve_is_reported(monkeypatch):
@@ -102,7 +102,7 @@ def test_platform_bitsandbytes_cannot_serve_is_reported(monkeypatch):
 def test_4bit_model_computes_what_its_dequantized_weights_compute(llama_dir, name):
     import bitsandbytes as bnb
 
-    embedder = Embedder(str(llama_dir), "prompteol", quantization=name)
+    embedder = Embedder(str(llama_dir), "prompteol", dtype="float32", quantization=name)
     model = embedder.backend.model
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 3 * 7 and embedder.describe()["quantization"] == name
@@ -115,7 +115,7 @@ def test_4bit_model_computes_what_its_dequantized_weights_compute(llama_dir, nam
             packed, state = bnb.functional.quantize_4bit(module.weight.data, quant_type=name)
             module.weight.data.copy_(bnb.functional.dequantize_4bit(packed, state).float())
     expected = Embedder(reference, "prompteol").encode(SENTENCES)
-    full = Embedder(str(llama_dir), "prompteol").encode(SENTENCES)
+    full = Embedder(str(llama_dir), "prompteol", dtype="float32").encode(SENTENCES)
     # bitsandbytes' CPU kernel rounds a little differently (bf16 scales): equal up to ~1e-2, where
     # the float32 model is ~0.5 away.
     assert cosines(got, expected).min() >= 0.9999
@@ -126,10 +126,10 @@ def test_4bit_model_computes_what_its_dequantized_weights_compute(llama_dir, nam
 def test_int8_model_is_close_to_float32(llama_dir):
     import bitsandbytes as bnb
 
-    embedder = Embedder(str(llama_dir), "prompteol", quantization="int8")
+    embedder = Embedder(str(llama_dir), "prompteol", dtype="float32", quantization="int8")
     assert sum(isinstance(m, bnb.nn.Linear8bitLt) for m in embedder.backend.model.modules()) == 3 * 7
     got = embedder.encode(SENTENCES)
-    full = Embedder(str(llama_dir), "prompteol").encode(SENTENCES)
+    full = Embedder(str(llama_dir), "prompteol", dtype="float32").encode(SENTENCES)
     assert cosines(got, full).min() > 0.999
     assert not np.array_equal(got, full)
 
@@ -141,8 +141,9 @@ def test_quantization_goes_through_the_cli(llama_dir, tmp_path):
     sentences.write_text("\n".join(SENTENCES) + "\n")
     out = tmp_path / "v.npy"
     argv = ["embed", "--model", str(llama_dir), "--input", str(sentences), "--output", str(out), "--no-cache"]
+    argv += ["--dtype", "float32"]
     assert main([*argv, "--quantization", "nf4"]) == 0
-    direct = Embedder(str(llama_dir), "prompteol", quantization="nf4").encode(SENTENCES)
+    direct = Embedder(str(llama_dir), "prompteol", dtype="float32", quantization="nf4").encode(SENTENCES)
     np.testing.assert_allclose(np.load(out), direct, atol=1e-6)
 
 
@@ -150,6 +151,6 @@ def test_quantization_goes_through_the_cli(llama_dir, tmp_path):
 @pytest.mark.parametrize(("name", "floor"), [("int8", 0.995), ("nf4", 0.95)])
 def test_smollm2_quantized_stays_close_to_float32(name, floor):
     torch.set_num_threads(2)
-    full = Embedder("smollm2-135m", "prompteol").encode(SENTENCES)
+    full = Embedder("smollm2-135m", "prompteol", dtype="float32").encode(SENTENCES)
     got = Embedder("smollm2-135m", "prompteol", quantization=name).encode(SENTENCES)
     assert cosines(got, full).min() > floor

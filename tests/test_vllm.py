@@ -126,7 +126,7 @@ def test_layers_other_than_the_last_are_refused(llama_dir, layer, shown):
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_next_token_vectors_equal_the_transformers_backend(vllm_llama, llama_dir, padding_side):
     got = Embedder(vllm_llama, "prompteol", padding_side=padding_side).encode(SENTENCES, batch_size=2)
-    expected = Embedder(llama_dir, "prompteol", prefix_cache=False).encode(SENTENCES)
+    expected = Embedder(llama_dir, "prompteol", dtype="float32", prefix_cache=False).encode(SENTENCES)
     assert vllm_llama._llm[0] == "LAST"
     assert_same_vectors(got, expected)
 
@@ -136,7 +136,9 @@ def test_next_token_vectors_equal_the_transformers_backend(vllm_llama, llama_dir
 def test_token_poolings_use_all_states(vllm_llama, llama_dir, pooling):
     got = Embedder(vllm_llama, "e5-query", pooling=pooling).encode(SENTENCES, batch_size=3)
     assert vllm_llama._llm[0] == "ALL"
-    assert_same_vectors(got, Embedder(llama_dir, "e5-query", pooling=pooling).encode(SENTENCES))
+    assert_same_vectors(
+        got, Embedder(llama_dir, "e5-query", dtype="float32", pooling=pooling).encode(SENTENCES)
+    )
 
 
 @pytest.mark.vllm
@@ -144,5 +146,5 @@ def test_mask_vectors_equal_the_transformers_backend(vllm_installed, bert_dir):
     backend = VllmBackend.load(bert_dir, dtype="float32", device="cpu")
     got = Embedder(backend, "promptbert", padding_side="left").encode(SENTENCES, batch_size=2)
     assert backend._llm[0] == "ALL"
-    assert_same_vectors(got, Embedder(bert_dir, "promptbert").encode(SENTENCES))
+    assert_same_vectors(got, Embedder(bert_dir, "promptbert", dtype="float32").encode(SENTENCES))
     assert Embedder(backend, "promptbert").describe()["backend"] == "vllm"

@@ -66,6 +66,30 @@ class TransformersBackend:
         self._takes_use_cache = "use_cache" in params
         self.info = dict(info or {})
         self.prefix_cache = PrefixKVCache()  # used when a batch declares a shared prefix
+        self.compiled = False
+        self._compiled_model = None  # torch.compile of self.model (rebuilt if self.model is replaced)
+
+    def compile(self) -> None:
+        """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
+
+        On CPU the eager bf16 forward of a small model is bound by element-wise ops (RMSNorm's fp32 round trip,
+        rotary embeddings), not by matmuls; inductor fuses them. Measured on SmolLM2-135M, bf16, 2 cores: 1.6x
+        fewer CPU-seconds per sentence, after a one-off compile of 1-2 minutes (cached by inductor on disk for
+        later processes). bf16 vectors differ from eager ones by rounding (cosine >= 0.999); float32 ones by
+        ~1e-6. Training (``grad=True``) keeps the eager model.
+        """
+        self.compiled = True
+        self.prefix_cache.clear()
+
+    @property
+    def _inference_model(self):
+        """What no-grad forwards call: the model, or its compiled form once `compile` was asked for."""
+        if not self.compiled:
+            return self.model
+        if self._compiled_model is None or self._compiled_model._orig_mod is not self.model:
+            # First use, or the model was replaced since (an adapter attached, merged).
+            self._compiled_model = torch.compile(self.model, dynamic=True)
+        return self._compiled_model
 
     @classmethod
     def load(
@@ -111,7 +135,7 @@ class TransformersBackend:
         """All hidden states (embedding output + one per block), each [B, L, H]; ``grad`` keeps autograd."""
         if batch.prefix_length and not grad and self.prefix_cache.supported(self.model):
             return self.prefix_cache.forward_hidden_states(
-                self.model, batch, takes_position_ids=self._takes_position_ids
+                self._inference_model, batch, takes_position_ids=self._takes_position_ids
             )
         device = self.device
         kwargs: dict[str, Any] = {
@@ -124,8 +148,9 @@ class TransformersBackend:
             kwargs["position_ids"] = (batch.position_ids + self.position_offset).to(device)
         if self._takes_use_cache:
             kwargs["use_cache"] = False
+        model = self.model if grad else self._inference_model
         with torch.inference_mode(not grad):
-            return self.model(**kwargs).hidden_states
+            return model(**kwargs).hidden_states
 
     def pooled_with_grad(self, batch: TokenBatch, pooling: str, layer: int) -> torch.Tensor:
         """What `embed` returns at one layer [B, H], differentiable: fine-tuning trains this read-out."""
@@ -147,6 +172,7 @@ class TransformersBackend:
             "model_type": getattr(config, "model_type", None),
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
+            **({"compiled": True} if self.compiled else {}),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
