@@ -28,6 +28,7 @@ from bench import spawn  # noqa: E402
 CONFIGS = {
     "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
+    "fp16": {"dtype": "float16"},
     "int8": {"quantization": "int8", "dtype": "float32"},
     "nf4": {"quantization": "nf4", "dtype": "float32"},
     "fp4": {"quantization": "fp4", "dtype": "float32"},
