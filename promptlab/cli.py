@@ -47,7 +47,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the forward (transformers backend): faster on long jobs after a 1-2 min compile",
+        help="torch.compile the forward (transformers backend): faster on long jobs after a 3-4 min compile",
     )
     p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")

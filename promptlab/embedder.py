@@ -61,7 +61,7 @@ class Embedder:
         prefix_cache: run the token prefix all prompts of a call share once (decoders; same vectors).
         cache_dir: keep vectors on disk there and reuse them (see `promptlab.cache`); None: no disk cache.
         compile: run forwards through ``torch.compile`` (transformers backend): faster on long jobs, after a
-            one-off compile of a minute or two (see `TransformersBackend.compile`).
+            one-off compile of a few minutes (see `TransformersBackend.compile`).
         demonstration: a `Demonstration`, a shipped id (``eol-opt-125m``) or ``best-of:RESULTS.jsonl``,
             solved in front of the prompt (PromptEOL's in-context learning; `promptlab.demonstrations`).
 

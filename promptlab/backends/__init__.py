@@ -34,8 +34,8 @@ def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 def resolve_dtype(dtype: str, device: str | None = None, *, cpu_flags: set[str] | None = None) -> str:
     """The dtype to load with: ``auto`` is bfloat16 where the hardware computes in it natively, else float32.
 
-    bf16 is what makes local embedding fast (4-5x fp32 on an AMX CPU: `experiments/bench/`) at a cost of
-    about half a point of STS; float32 stays the choice where bf16 would be emulated (slower than fp32).
+    bf16 is what makes local embedding fast (2.1-2.4x fp32 on an AMX CPU: `experiments/bench/`) at a cost
+    of about a quarter to half a point of STS; float32 stays the choice where bf16 would be emulated (slower than fp32).
     float16 is never chosen automatically: some models (Gemma) overflow in it.
     """
     if dtype not in DTYPE_NAMES:

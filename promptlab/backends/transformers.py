@@ -73,9 +73,9 @@ class TransformersBackend:
         """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
 
         On CPU the eager bf16 forward of a small model is bound by element-wise ops (RMSNorm's fp32 round trip,
-        rotary embeddings), not by matmuls; inductor fuses them. Measured on SmolLM2-135M, bf16, 2 cores: 1.6x
-        fewer CPU-seconds per sentence, after a one-off compile of 1-2 minutes (cached by inductor on disk for
-        later processes). bf16 vectors differ from eager ones by rounding (cosine >= 0.999); float32 ones by
+        rotary embeddings), not by matmuls; inductor fuses them. Measured on SmolLM2-135M, bf16, 2 cores
+        (`experiments/bench/`): 1.5-2x the eager rate, after a one-off cold compile of 3-4 minutes (inductor
+        caches it on disk for later processes). bf16 vectors differ from eager ones by rounding (cosine >= 0.999); float32 ones by
         ~1e-6. Training (``grad=True``) keeps the eager model.
         """
         self.compiled = True
