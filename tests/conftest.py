@@ -114,6 +114,25 @@ def tiny_bert():
     return BertModel(config).eval(), tokenizer
 
 
+def _saved(model_and_tokenizer, tmp_path_factory, name: str):
+    """A fixture model and its tokenizer saved as a local model directory (a model spec like any user's)."""
+    model, tokenizer = model_and_tokenizer
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama, tmp_path_factory):
+    return _saved(tiny_llama, tmp_path_factory, "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tiny_bert, tmp_path_factory):
+    return _saved(tiny_bert, tmp_path_factory, "tiny-bert")
+
+
 def backend_for(model_and_tokenizer):
     from promptlab.backends.transformers import TransformersBackend
 

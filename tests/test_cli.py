@@ -14,25 +14,6 @@ from promptlab.cli import main
 needs_senteval = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data not at {SENTEVAL}")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tiny_llama, tmp_path_factory):
-    """The tiny LLaMA saved as a local model directory (a model spec like any user's)."""
-    model, tokenizer = tiny_llama
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tiny_bert, tmp_path_factory):
-    model, tokenizer = tiny_bert
-    path = tmp_path_factory.mktemp("tiny-bert")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path / "cache"))

@@ -203,13 +203,10 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_computes_in_it():
         resolve_dtype("fp32", "cpu")
 
 
-def test_auto_dtype_is_resolved_before_loading_and_recorded(tiny_llama, tmp_path):
+def test_auto_dtype_is_resolved_before_loading_and_recorded(tiny_llama_dir):
     from promptlab.backends import resolve_dtype
 
-    model, tokenizer = tiny_llama
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    embedder = Embedder(str(tmp_path), "prompteol")
+    embedder = Embedder(str(tiny_llama_dir), "prompteol")
     assert embedder.describe()["dtype"] == resolve_dtype("auto", "cpu") != "auto"
 
 

@@ -633,16 +633,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory, tiny_llama) -> Path:
-    model, tokenizer = tiny_llama
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, llama_dir, capsys):
+def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, tiny_llama_dir, capsys):
     from promptlab.cli import main
 
     (tmp_path / "pairs.csv").write_text(
@@ -650,7 +641,7 @@ def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, llama_dir, caps
     )
     toml = tmp_path / "run.toml"
     toml.write_text(
-        f'model = "{llama_dir}"\noutput_dir = "{tmp_path / "run"}"\ndata = ["{tmp_path / "pairs.csv"}"]\n'
+        f'model = "{tiny_llama_dir}"\noutput_dir = "{tmp_path / "run"}"\ndata = ["{tmp_path / "pairs.csv"}"]\n'
         f'data_dir = "{senteval}"\nsteps = 2\nbatch_size = 4\neval_every = 1\ndtype = "float32"\n'
     )
     assert main(["finetune", str(toml), "--set", "lr=0.01", "--no-progress"]) == 0
@@ -658,7 +649,7 @@ def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, llama_dir, caps
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log] == ["start", "step", "eval", "step", "eval", "end"]
     assert log[0]["config"]["lr"] == 0.01 and log[0]["data"]["holdout"] == {"mode": "pairs", "dropped": 0}
-    args = ["eval", "--model", str(llama_dir), "--tasks", "STSBenchmark", "--data-dir", str(senteval)]
+    args = ["eval", "--model", str(tiny_llama_dir), "--tasks", "STSBenchmark", "--data-dir", str(senteval)]
     assert main([*args, "--adapter", str(tmp_path / "run" / "best")]) == 0
     assert "STSB" in capsys.readouterr().out
     assert main(["finetune", str(toml)]) == 2  # output_dir taken
