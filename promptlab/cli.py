@@ -32,7 +32,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="most sentences per forward (default: 128 on CPU, else 32)",
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=_batch_tokens,
+        default="auto",
+        help="most padded tokens per forward: a number, 'none' (no cap) or auto (1536 on CPU, else none)",
+    )
     p.add_argument(
         "--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)"
     )
@@ -53,6 +64,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
 
 
+def _batch_tokens(value: str):
+    if value in ("auto", "none"):
+        return None if value == "none" else "auto"
+    try:
+        tokens = int(value)
+    except ValueError:
+        tokens = 0
+    if tokens < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive number of tokens, 'auto' or 'none'")
+    return tokens
+
+
 def build_embedder(args: argparse.Namespace):
     from promptlab.embedder import Embedder
 
@@ -64,6 +87,7 @@ def build_embedder(args: argparse.Namespace):
         pooling=args.pooling,
         device=args.device,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         max_length=args.max_length,
         normalize_input=False if args.no_normalize_input else None,
         adapter=getattr(args, "adapter", None),
@@ -155,7 +179,8 @@ def eval_command(args: argparse.Namespace) -> int:
             "promptlab": promptlab.__version__,
             "config": {
                 **embedder.describe(),
-                "batch_size": args.batch_size,
+                "batch_size": embedder.batch_size,
+                "batch_tokens": embedder.batch_tokens,
                 "tasks": list(result.scores),
                 "split": args.split,
             },

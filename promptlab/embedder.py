@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from promptlab.backends import Backend, load_backend, resolve_dtype
+from promptlab.batching import default_batching, plan_batches
 from promptlab.cache import EmbeddingCache
 from promptlab.errors import PromptlabError
 from promptlab.prefix_cache import shared_prefix_length
@@ -54,6 +55,9 @@ class Embedder:
         pooling: for ``prefix`` templates only: ``cls`` | ``cls_mlp`` | ``mean`` | ``max`` | ``last``.
         normalize_input: override the template's input rules (None keeps the template's setting).
         padding_side: ``right`` (default) or ``left``; results are the same either way.
+        batch_size: most sentences per forward (None: 128 on CPU, 32 elsewhere; `promptlab.batching`).
+        batch_tokens: most padded tokens per forward, a cached prefix not counted (``auto``: 1536 on CPU, no
+            cap elsewhere; None: no cap). Within both, batches are cut where padding costs least.
         max_length: token budget per prompt; longer sentences are cut inside the slot.
         adapter: a LoRA adapter folder from `promptlab finetune` (its base must be this model).
         merge_adapter: fold the adapter into the base weights (same vectors, no LoRA overhead).
@@ -79,7 +83,8 @@ class Embedder:
         pooling: str | None = None,
         backend: str = "transformers",
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        batch_tokens: int | str | None = "auto",
         max_length: int | None = None,
         padding_side: str = "right",
         normalize_input: bool | None = None,
@@ -119,7 +124,17 @@ class Embedder:
             self.backend.compile()
         self.layer = layer
         self.layer_index = self.resolve_layer(layer)
-        self.batch_size = batch_size
+        if batch_size is not None and batch_size < 1:
+            raise PromptlabError(f"batch_size={batch_size}: pass a positive number of sentences, or None.")
+        rows, tokens = default_batching(getattr(self.backend, "device", "cpu"))
+        self.batch_size = batch_size or rows
+        if batch_tokens == "auto":
+            batch_tokens = tokens
+        elif batch_tokens is not None and (isinstance(batch_tokens, str) or batch_tokens < 1):
+            raise PromptlabError(
+                f"batch_tokens={batch_tokens!r}: pass a positive token count, None (no cap) or 'auto'."
+            )
+        self.batch_tokens = batch_tokens
         self.padding_side = padding_side
         self.prompts = PromptTokenizer(self.backend.tokenizer, template, max_length=max_length)
         tok = self.backend.tokenizer
@@ -130,6 +145,7 @@ class Embedder:
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
         options = dict(
             batch_size=batch_size,
+            batch_tokens=batch_tokens,
             max_length=max_length,
             padding_side=padding_side,
             normalize_input=normalize_input,
@@ -212,8 +228,11 @@ class Embedder:
         from tqdm.auto import tqdm
 
         with tqdm(total=len(order), unit="sent", disable=not show, desc="embedding") as bar:
-            for begin in range(0, len(order), batch_size):
-                rows = order[begin : begin + batch_size]
+            # Length-sorted rows cut where padding and per-forward costs are least (`promptlab.batching`).
+            for span in plan_batches(
+                [len(prompts[i].ids) - prefix for i in order], batch_size, max_tokens=self.batch_tokens
+            ):
+                rows = order[span.start : span.stop]
                 batch = pad_batch(
                     [prompts[i] for i in rows], pad_id=self.pad_id, padding_side=self.padding_side
                 )

@@ -131,9 +131,9 @@ class PrefixKVCache:
             self._weights = weights
 
     # -- forward ---------------------------------------------------------------------------------------
-    def _prefix(self, model, ids: torch.Tensor, takes_position_ids: bool) -> _Prefix:
+    def _prefix(self, model, ids: torch.Tensor, takes_position_ids: bool, fast=None) -> _Prefix:
         self._check_weights(model)
-        key = tuple(ids.tolist())
+        key = (fast is not None, *ids.tolist())
         found = self._store.get(key)
         if found is not None:
             self._store.move_to_end(key)
@@ -141,6 +141,9 @@ class PrefixKVCache:
             return found
         self.misses += 1
         ids = ids.unsqueeze(0)  # [1, P]
+        if fast is not None:
+            states, kv = fast.forward(ids, torch.arange(ids.shape[1], device=ids.device)[None], keep_kv=True)
+            return self._keep(key, _Prefix(kv=kv.kv, hidden=tuple(states)))
         extra = (
             {"position_ids": torch.arange(ids.shape[1], device=ids.device)[None]}
             if takes_position_ids
@@ -156,18 +159,22 @@ class PrefixKVCache:
         )
         cache = out.past_key_values
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        prefix = _Prefix(kv=kv, hidden=tuple(out.hidden_states))
+        return self._keep(key, _Prefix(kv=kv, hidden=tuple(out.hidden_states)))
+
+    def _keep(self, key, prefix: _Prefix) -> _Prefix:
         self._store[key] = prefix
         while len(self._store) > self.capacity:
             self._store.popitem(last=False)
         return prefix
 
     def forward_hidden_states(
-        self, model, batch: TokenBatch, *, takes_position_ids: bool
+        self, model, batch: TokenBatch, *, takes_position_ids: bool, fast=None, upto: int | None = None
     ) -> Sequence[torch.Tensor]:
-        """All hidden states [B, L, H] of ``batch`` (either padding side), reusing its shared prefix."""
-        from transformers import DynamicCache
+        """All hidden states [B, L, H] of ``batch`` (either padding side), reusing its shared prefix.
 
+        ``fast``: a `promptlab.backends.fast_decoder.FastDecoder` of ``model`` to run instead of its forward
+        (then ``upto`` may stop it at the deepest layer the caller reads).
+        """
         device = next(model.parameters()).device
         prefix_len = batch.prefix_length
         mask = batch.attention_mask.to(device).bool()  # [B, L]
@@ -195,7 +202,30 @@ class PrefixKVCache:
 
         kwargs: dict[str, Any] = {"position_ids": suffix_pos} if takes_position_ids else {}
         with torch.inference_mode():
-            prefix = self._prefix(model, prefix_ids, takes_position_ids)
+            prefix = self._prefix(model, prefix_ids, takes_position_ids, fast)
+        if fast is not None:
+            from promptlab.backends.fast_decoder import PrefixKV
+
+            with torch.inference_mode():
+                states, _ = fast.forward(
+                    suffix_ids, suffix_pos, suffix_mask, prefix=PrefixKV(prefix.kv), upto=upto
+                )
+            suffix_states = tuple(states)
+        else:
+            suffix_states = self._suffix_forward(model, prefix, suffix_ids, suffix_pos, suffix_mask, kwargs)
+        if bool((start == 0).all()) and length == prefix_len + suffix_len:
+            return _JoinedStates(prefix.hidden, suffix_states, None, None)
+        # Left padding (or any other layout): put each real token back where the batch has it.
+        index = (k - start[:, None]).clamp(0, prefix_len + suffix_len - 1)  # [B, L]
+        return _JoinedStates(prefix.hidden, suffix_states, index, mask)
+
+    @staticmethod
+    def _suffix_forward(model, prefix: _Prefix, suffix_ids, suffix_pos, suffix_mask, kwargs):
+        """The model's own forward over the suffixes, with the prefix as a (batch-expanded) KV cache."""
+        from transformers import DynamicCache
+
+        n, prefix_len, device = suffix_ids.shape[0], prefix.hidden[0].shape[1], suffix_ids.device
+        with torch.inference_mode():
             past = DynamicCache(
                 ddp_cache_data=[
                     (key.expand(n, -1, -1, -1), value.expand(n, -1, -1, -1)) for key, value in prefix.kv
@@ -214,8 +244,4 @@ class PrefixKVCache:
                 return_dict=True,
                 **kwargs,
             )
-        if bool((start == 0).all()) and length == prefix_len + suffix_len:
-            return _JoinedStates(prefix.hidden, tuple(out.hidden_states), None, None)
-        # Left padding (or any other layout): put each real token back where the batch has it.
-        index = (k - start[:, None]).clamp(0, prefix_len + suffix_len - 1)  # [B, L]
-        return _JoinedStates(prefix.hidden, tuple(out.hidden_states), index, mask)
+        return tuple(out.hidden_states)

@@ -95,7 +95,7 @@ def test_encode_layers_shares_one_forward_and_matches_single_layers(tiny_llama):
     backend = backend_for(tiny_llama)
     calls = []
     forward = backend.forward_hidden_states
-    backend.forward_hidden_states = lambda batch: calls.append(1) or forward(batch)
+    backend.forward_hidden_states = lambda batch, **kw: calls.append(1) or forward(batch, **kw)
     embedder = Embedder(backend, "prompteol")
     many = embedder.encode_layers(SENTENCES, [1, 2, -1], batch_size=8)
     assert len(calls) == 1, "one forward pass serves every layer"

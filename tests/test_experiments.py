@@ -44,21 +44,34 @@ def data_dir(tmp_path) -> str:
 
 
 class Counting:
-    """A tiny backend that counts forward passes and can be told to raise Ctrl-C on the n-th one."""
+    """A tiny backend that counts prompt sets and forward passes; it can raise Ctrl-C at the n-th set.
+
+    ``calls`` counts the distinct prompt heads (the token prefix every prompt of a call shares) it was asked
+    to run: one per (template, demonstration), however many batches `promptlab.batching` cuts it into.
+    ``forwards`` counts batches.
+    """
 
     def __init__(self, model_and_tokenizer, interrupt_at: int | None = None):
         self.backend = backend_for(model_and_tokenizer)
-        self.calls = 0
+        self.heads: set[tuple[int, ...]] = set()
+        self.forwards = 0
         self.interrupt_at = interrupt_at
         embed = self.backend.embed
 
         def counted(batch, pooling, layers):
-            self.calls += 1
-            if self.calls == self.interrupt_at:
-                raise KeyboardInterrupt
+            self.forwards += 1
+            head = tuple(batch.input_ids[0, : max(batch.prefix_length, 1)].tolist())
+            if head not in self.heads:
+                self.heads.add(head)
+                if len(self.heads) == self.interrupt_at:
+                    raise KeyboardInterrupt
             return embed(batch, pooling, layers)
 
         self.backend.embed = counted
+
+    @property
+    def calls(self) -> int:
+        return len(self.heads)
 
     def load(self, model: str, dtype: str):
         return self.backend
@@ -100,8 +113,29 @@ def test_sweep_scores_every_layer_from_one_forward_and_matches_independent_score
     rows = run_sweep(cfg, out, loader=counting.load, layer_count=lambda m: 3, log=lambda m: None)
     # prompteol/pcot x 2 demonstrations x 4 hidden states; echo and metaeol at layers 3 and 1.
     assert len(rows) == 2 * 2 * 4 + 2 * 2 == len(read_rows(out))
-    # One forward per (template, demonstration) for all layers; the ensemble runs its 4 members once each.
+    # One prompt set per (template, demonstration) for all layers; the ensemble runs its 4 members once each.
     assert counting.calls == 4 + 1 + 4
+    # ...and all layers come from the forwards one layer needs: a one-layer sweep makes as many.
+    one_layer = Counting(tiny_llama)
+    run_sweep(
+        config(
+            data_dir,
+            [
+                {
+                    "templates": ["prompteol", "pcot"],
+                    "layers": [1],
+                    "demonstrations": ["none", "eol-opt-13b"],
+                },
+                {"templates": ["echo", "metaeol"], "layers": [1]},
+            ],
+            batch_size=64,
+        ),
+        tmp_path / "one-layer.jsonl",
+        loader=one_layer.load,
+        layer_count=lambda m: 3,
+        log=lambda m: None,
+    )
+    assert counting.forwards == one_layer.forwards
     for row in rows:
         k = row["key"]
         demo = None if k["demonstration"] == "none" else k["demonstration"]

@@ -60,8 +60,9 @@ def test_long_shared_prefix_equals_independent_forward_at_every_layer(request, f
     model, tokenizer = request.getfixturevalue(fixture)
     backend = backend_for((model, tokenizer))
     lengths = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    # Every forward (the model's own or the fast decoder's) embeds its input ids: record their lengths.
+    hook = model.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: lengths.append(args[0].shape[1])
     )
     try:
         embedder = Embedder(backend, LONG_TEMPLATE, padding_side=padding_side)

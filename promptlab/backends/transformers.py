@@ -68,6 +68,8 @@ class TransformersBackend:
         self.prefix_cache = PrefixKVCache()  # used when a batch declares a shared prefix
         self.compiled = False
         self._compiled_model = None  # torch.compile of self.model (rebuilt if self.model is replaced)
+        self.use_fast_decoder = True  # LLaMA-style decoders: `promptlab.backends.fast_decoder`
+        self._fast = None  # its FastDecoder, for self.model (rebuilt if self.model is replaced)
 
     def compile(self) -> None:
         """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
@@ -90,6 +92,21 @@ class TransformersBackend:
             # First use, or the model was replaced since (an adapter attached, merged).
             self._compiled_model = torch.compile(self.model, dynamic=True)
         return self._compiled_model
+
+    @property
+    def fast_decoder(self):
+        """The lean inference forward for this model (`promptlab.backends.fast_decoder`), or None.
+
+        None when turned off (``use_fast_decoder = False``), under ``compile`` (inductor fuses the plain
+        forward itself), or for an architecture it does not cover (an adapter-wrapped model included).
+        """
+        if not self.use_fast_decoder or self.compiled:
+            return None
+        if self._fast is None or self._fast[0] is not self.model:
+            from promptlab.backends.fast_decoder import FastDecoder
+
+            self._fast = (self.model, FastDecoder.build(self.model))
+        return self._fast[1]
 
     @classmethod
     def load(
@@ -131,13 +148,32 @@ class TransformersBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def forward_hidden_states(self, batch: TokenBatch, *, grad: bool = False) -> tuple[torch.Tensor, ...]:
-        """All hidden states (embedding output + one per block), each [B, L, H]; ``grad`` keeps autograd."""
+    def forward_hidden_states(
+        self, batch: TokenBatch, *, grad: bool = False, upto: int | None = None
+    ) -> Sequence[torch.Tensor]:
+        """Hidden states (embedding output + one per block), each [B, L, H]; ``grad`` keeps autograd.
+
+        ``upto``: the deepest layer the caller reads; the fast decoder stops there (others run them all).
+        """
+        fast = None if grad else self.fast_decoder
         if batch.prefix_length and not grad and self.prefix_cache.supported(self.model):
             return self.prefix_cache.forward_hidden_states(
-                self._inference_model, batch, takes_position_ids=self._takes_position_ids
+                self._inference_model,
+                batch,
+                takes_position_ids=self._takes_position_ids,
+                fast=fast,
+                upto=upto,
             )
         device = self.device
+        if fast is not None:
+            with torch.inference_mode():
+                states, _ = fast.forward(
+                    batch.input_ids.to(device),
+                    (batch.position_ids + self.position_offset).to(device),
+                    batch.attention_mask.to(device),
+                    upto=upto,
+                )
+            return states
         kwargs: dict[str, Any] = {
             "input_ids": batch.input_ids.to(device),
             "attention_mask": batch.attention_mask.to(device),
@@ -157,7 +193,7 @@ class TransformersBackend:
         return pool(pooling, self.forward_hidden_states(batch, grad=True)[layer], batch, self.pooler)
 
     def embed(self, batch: TokenBatch, pooling: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        hidden_states = self.forward_hidden_states(batch)
+        hidden_states = self.forward_hidden_states(batch, upto=max(layers, default=None))
         with torch.inference_mode():
             return {layer: pool(pooling, hidden_states[layer], batch, self.pooler).cpu() for layer in layers}
 
@@ -173,6 +209,7 @@ class TransformersBackend:
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             **({"compiled": True} if self.compiled else {}),
+            **({"fast_decoder": True} if self.fast_decoder is not None else {}),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }

@@ -38,7 +38,9 @@ from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
 
 NO_DEMO = "none"
-_TOP_KEYS = {"name", "description", "models", "dtypes", "batch_size", "max_length", "data", "grid"}
+_TOP_KEYS = {
+    "name", "description", "models", "dtypes", "batch_size", "batch_tokens", "max_length", "data", "grid",
+}  # fmt: skip
 _GRID_KEYS = {"templates", "layers", "demonstrations"}
 _DATA_KEYS = {"tasks", "split", "dev_pairs", "seed"}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -59,7 +61,8 @@ class SweepConfig:
     grids: tuple[Grid, ...]
     dtypes: tuple[str, ...] = ("bfloat16",)
     benchmark: Benchmark = field(default_factory=Benchmark)
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the Embedder's default (`promptlab.batching`)
+    batch_tokens: int | str | None = "auto"  # "auto": the Embedder's default; None: no cap
     max_length: int | None = None
     name: str = ""
     path: str = ""
@@ -119,7 +122,8 @@ class SweepConfig:
             grids=tuple(grids),
             dtypes=_strings(raw.get("dtypes", ["bfloat16"]), f"{where} dtypes"),
             benchmark=benchmark,
-            batch_size=int(raw.get("batch_size", 32)),
+            batch_size=int(raw["batch_size"]) if raw.get("batch_size") is not None else None,
+            batch_tokens=_batch_tokens(raw.get("batch_tokens", "auto"), where),
             max_length=raw.get("max_length"),
             name=raw.get("name", ""),
             path=where,
@@ -229,6 +233,15 @@ def _identity(template, demonstration) -> dict[str, Any]:
     }
 
 
+def _batch_tokens(value, where: str):
+    """``batch_tokens`` of a sweep config: a positive integer, "auto" or "none"."""
+    if value in ("auto", "none"):
+        return None if value == "none" else "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise PromptlabError(f'{where}: batch_tokens = {value!r}; write a positive integer, "auto" or "none".')
+
+
 def row_key(model: str, dtype: str, template: str, demo_id: str, layer: int) -> dict[str, Any]:
     return {"model": model, "dtype": dtype, "template": template, "demonstration": demo_id, "layer": layer}
 
@@ -285,6 +298,7 @@ def run_sweep(
             job.template,
             layer=layers[0],
             batch_size=config.batch_size,
+            batch_tokens=config.batch_tokens,
             max_length=config.max_length,
             demonstration=job.demonstration,
         )
@@ -303,7 +317,7 @@ def run_sweep(
                         "template": job.template_name,
                         "layer": layer,
                         "layer_index": layer,
-                        "batch_size": config.batch_size,
+                        "batch_size": embedder.batch_size,
                     },
                     "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
                     "details": record.get("details"),
