@@ -35,12 +35,13 @@ import time
 from pathlib import Path
 
 ROWS = (
-    "a", "b", "b-fp32", "c", "c-compile", "d-int8", "d-nf4", "e", "e-bf16",
+    "a", "b", "b-transformers", "b-fp32", "c", "c-compile", "d-int8", "d-nf4", "e", "e-bf16",
     "f-nocache", "f-cache", "f-best-nocache", "f-best-cache", "g", "g-bf16",
 )  # fmt: skip
 LABELS = {
     "a": "(a) naive loop (PromptEOL reference style), fp32",
     "b": "(b) promptlab default (dtype auto)",
+    "b-transformers": "(b) promptlab default, transformers forward, 32-row batches (before the fast decoder)",
     "b-fp32": "(b) promptlab, float32",
     "c": "(c) promptlab bf16",
     "c-compile": "(c) promptlab bf16, --compile (torch.compile)",
@@ -98,6 +99,39 @@ def matmul_peak(dtype_name: str, seconds: float = 3.0) -> float:
     return best
 
 
+def layer_matmul_rate(
+    model_path: str, tokens: int, dtype_name: str = "bfloat16", seconds: float = 2.0
+) -> float:
+    """FLOP/s of one decoder layer's linear layers alone, on ``tokens`` rows, at this model's shapes.
+
+    The ceiling of an eager forward that runs these matmuls unfused: everything else it does (norms,
+    attention, activations) only adds time.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_path)
+    c = c.get_text_config() if hasattr(c, "get_text_config") else c
+    heads, hidden = c.num_attention_heads, c.hidden_size
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    inner = c.intermediate_size
+    shapes = [(heads * head_dim, hidden), (kv * head_dim, hidden), (kv * head_dim, hidden),
+              (hidden, heads * head_dim), (inner, hidden), (inner, hidden), (hidden, inner)]  # fmt: skip
+    dtype = getattr(torch, dtype_name)
+    weights = [torch.randn(n, k, dtype=dtype) * 0.02 for n, k in shapes]
+    inputs = {k: torch.randn(tokens, k, dtype=dtype) for _, k in shapes}
+    flops = sum(2 * tokens * n * k for n, k in shapes)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        for w in weights:
+            F.linear(inputs[w.shape[1]], w)
+        best = max(best, flops / (time.perf_counter() - start))
+    return best
+
+
 # -- rows (each in a child process) -----------------------------------------------------------------------
 def non_embedding_params(model) -> int:
     embeddings = sum(
@@ -133,13 +167,17 @@ def row_naive(model_path: str, sentences: list[str], batch_size: int) -> dict:
     }
 
 
-def row_promptlab(model: str, sentences: list[str], batch_size: int, **options) -> dict:
+def row_promptlab(model: str, sentences: list[str], rows: int | None, **options) -> dict:
+    """A promptlab row; ``rows`` None keeps promptlab's own batching (`promptlab.batching`)."""
     from promptlab.embedder import Embedder
 
     template = options.pop("template", "prompteol")
-    embedder = Embedder(model, template, batch_size=batch_size, **options)
+    fast_decoder = options.pop("fast_decoder", True)
+    embedder = Embedder(model, template, **{"batch_size": rows, **options})
+    if not fast_decoder:
+        embedder.backend.use_fast_decoder = False
     warmup = time.perf_counter()
-    embedder.encode(sentences[:batch_size])  # warm-up (the engine start for vllm, the compile for --compile)
+    embedder.encode(sentences[:32])  # warm-up (the engine start for vllm, the compile for --compile)
     warmup = time.perf_counter() - warmup
     cache = getattr(embedder.backend, "prefix_cache", None)
     if cache is not None:
@@ -166,6 +204,9 @@ def row_promptlab(model: str, sentences: list[str], batch_size: int, **options) 
         "unique_sentences": stats["unique_sentences"],
         "params": params,
         "dtype": embedder.describe()["dtype"],
+        "fast_decoder": bool(embedder.describe().get("fast_decoder")),
+        "batch_size": embedder.batch_size,
+        "batch_tokens": embedder.batch_tokens,
         "warmup_seconds": warmup,
     }
 
@@ -196,7 +237,7 @@ def row_st(model_path: str, sentences: list[str], batch_size: int, dtype: str) -
     return {"seconds": seconds, "cpu_seconds": cpu, "tokens": tokens, "params": params}
 
 
-def run_row(row: str, model: str, sentences: list[str], batch_size: int) -> dict:
+def run_row(row: str, model: str, sentences: list[str], batch_size: int, promptlab_batch: int | None) -> dict:
     import torch
 
     from promptlab.models import resolve_model
@@ -209,6 +250,7 @@ def run_row(row: str, model: str, sentences: list[str], batch_size: int) -> dict
         return row_st(path, sentences, batch_size, "bfloat16" if row == "g-bf16" else "float32")
     options = {
         "b": {},
+        "b-transformers": {"fast_decoder": False, "batch_size": 32, "batch_tokens": None},
         "b-fp32": {"dtype": "float32"},
         "c": {"dtype": "bfloat16"},
         "c-compile": {"dtype": "bfloat16", "compile": True},
@@ -221,14 +263,14 @@ def run_row(row: str, model: str, sentences: list[str], batch_size: int) -> dict
         "f-best-nocache": {"dtype": "bfloat16", "prefix_cache": False, **BEST},
         "f-best-cache": {"dtype": "bfloat16", **BEST},
     }[row]
-    return row_promptlab(model, sentences, batch_size, **options)
+    return row_promptlab(model, sentences, promptlab_batch, **options)
 
 
 def child_main(args) -> int:
     sentences = json.loads(Path(args.sentences).read_text())
     if args.limit:
         sentences = sentences[: args.limit]
-    result = run_row(args.child, args.model, sentences, args.batch_size)
+    result = run_row(args.child, args.model, sentences, args.batch_size, args.promptlab_batch_size)
     result["sentences"] = len(sentences)
     print("BENCH-RESULT " + json.dumps(result), flush=True)
     return 0
@@ -270,7 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pairs", type=int, default=500, help="STS test pairs sampled (2 sentences each)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="batch of the naive and sentence-transformers rows"
+    )
+    p.add_argument(
+        "--promptlab-batch-size",
+        type=int,
+        default=None,
+        help="promptlab rows (default: promptlab's own batching)",
+    )
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--quantized-limit", type=int, default=128, help="sentences for the bitsandbytes rows")
     p.add_argument(
@@ -314,11 +364,20 @@ def main(argv: list[str] | None = None) -> int:
     measured: dict[str, list[dict]] = {name: [] for name in names}
     failed: dict[str, dict] = {}
     peaks = {"bfloat16": 0.0, "float32": 0.0}
+    from promptlab.batching import CPU_BATCH_TOKENS
+    from promptlab.models import resolve_model
+
+    ceiling_tokens = (512, CPU_BATCH_TOKENS)
+    ceilings = dict.fromkeys(ceiling_tokens, 0.0)
     # Rounds over all rows, interleaved: this shared machine's speed drifts by tens of percent within
     # minutes, so each row keeps its best round (the least disturbed one) and every round's rate is kept.
     for round_index in range(args.repeat):
         for d in peaks:
             peaks[d] = max(peaks[d], matmul_peak(d))
+        for tokens in ceiling_tokens:
+            ceilings[tokens] = max(
+                ceilings[tokens], layer_matmul_rate(resolve_model(args.model).path, tokens)
+            )
         print(
             f"round {round_index + 1}/{args.repeat}: matmul peak so far bf16 {peaks['bfloat16'] / 1e9:.1f} "
             f"GFLOP/s, fp32 {peaks['float32'] / 1e9:.1f}",
@@ -335,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             limit = args.quantized_limit if row.startswith("d") else 0
             child = [__file__, "--child", row, "--model", args.model, "--sentences", sentence_file,
                      "--batch-size", str(args.batch_size), "--limit", str(limit), "--output", "-"]  # fmt: skip
+            if args.promptlab_batch_size:
+                child += ["--promptlab-batch-size", str(args.promptlab_batch_size)]
             load_now = os.getloadavg()[0]
             result, rss, tail = spawn(python, child, args.timeout)
             if result is None:
@@ -392,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "matmul_peak_flops": peaks,
+        "layer_matmul_flops": {str(t): f for t, f in ceilings.items()},
         "baseline_rss_mib": baseline,
         "rows": rows,
     }
@@ -404,12 +466,20 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(record: dict) -> str:
     lines = [
         f"{record['model']}, {record['sentences']} sentences ({record['unique_sentences']} unique) from "
-        f"{record['pairs']} STS test pairs, seed {record['seed']}, batch {record['batch_size']}, "
+        f"{record['pairs']} STS test pairs, seed {record['seed']}, batch {record['batch_size']} (naive, "
+        "sentence-transformers; promptlab rows: their own batching), "
         f"{record['threads']} threads, best of {record.get('rounds', 1)} interleaved round(s) per row; "
         f"load average at start {record['load_average_at_start'][0]:.2f}; "
         f"matmul peak bf16 {record['matmul_peak_flops']['bfloat16'] / 1e9:.1f} GFLOP/s, fp32 "
         f"{record['matmul_peak_flops']['float32'] / 1e9:.1f} GFLOP/s; bitsandbytes rows on the first "
         f"{record['quantized_limit']} sentences; baseline RSS (python+torch) {record['baseline_rss_mib']}",
+        "",
+        "The model's own linear layers alone (one decoder layer's seven matmuls, bf16, the ceiling of an "
+        "unfused eager forward): "
+        + ", ".join(
+            f"{f / 1e9:.0f} GFLOP/s = {100 * f / record['matmul_peak_flops']['bfloat16']:.0f}% of peak at {t} tokens"
+            for t, f in record.get("layer_matmul_flops", {}).items()
+        ),
         "",
         "| row | sentences/s | x (a) | sent/CPU-s | x (a), CPU | peak RSS MiB | GFLOP/s | % bf16 peak "
         "| % own-dtype peak | load | every round, sent/s |",
@@ -463,7 +533,7 @@ def targets(rows: dict) -> list[str]:
             f"- --compile: {rate('c-compile') / rate('c'):.2f}x the eager bf16 rate, after a "
             f"{rows['c-compile'].get('warmup_seconds_first_round', rows['c-compile'].get('warmup_seconds', 0)):.0f} s cold compile (warm-up, not in the rate)"
         )
-    for name in ("b", "c", "c-compile", "f-cache", "f-best-cache"):
+    for name in ("b", "b-transformers", "c", "c-compile", "e-bf16", "f-cache", "f-best-cache"):
         if name in rows and "fraction_of_bf16_peak" in rows[name]:
             out.append(
                 f"- {LABELS[name]}: {100 * rows[name]['fraction_of_bf16_peak']:.0f}% of the measured bf16 "
