@@ -155,7 +155,8 @@ class TransformersBackend:
 
         ``upto``: the deepest layer the caller reads; the fast decoder stops there (others run them all).
         """
-        fast = None if grad else self.fast_decoder
+        # Training mode (dropout) keeps the model's own forward, whose dropout the fast one does not copy.
+        fast = None if grad or self.model.training else self.fast_decoder
         if batch.prefix_length and not grad and self.prefix_cache.supported(self.model):
             return self.prefix_cache.forward_hidden_states(
                 self._inference_model,
