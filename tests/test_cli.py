@@ -142,3 +142,19 @@ def test_corrupt_packaged_gguf_is_refused(tmp_path, monkeypatch, capsys):
     fake.write_bytes(b"GGUF not really")
     with pytest.raises(Exception, match="(?i)sha-?256"):
         verify_sha256(fake, "0" * 64)
+
+
+def test_batch_flags_change_batching_not_vectors(tiny_llama_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"Sentence {i} is {'very ' * (i % 5)}short.\n" for i in range(12)))
+    outputs = []
+    for flags in ([], ["--batch-size", "2", "--batch-tokens", "40"], ["--batch-tokens", "none"]):
+        output = tmp_path / f"v{len(outputs)}.npy"
+        argv = ["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--output", str(output)]
+        assert main([*argv, "--dtype", "float32", *flags]) == 0
+        outputs.append(np.load(output))
+    for other in outputs[1:]:
+        np.testing.assert_allclose(outputs[0], other, atol=2e-5, rtol=1e-4)
+    with pytest.raises(SystemExit):
+        main(["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--batch-tokens", "0"])
+    assert "give a positive number of tokens" in capsys.readouterr().err

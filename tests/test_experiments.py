@@ -223,6 +223,12 @@ def test_a_results_file_from_another_configuration_is_refused(tiny_llama, data_d
         ({"templates": ["prompteol"]}, {"dtypes": ["fp8"]}, "unknown dtype 'fp8'"),
         (
             {"templates": ["prompteol"]},
+            {"batch_tokens": 0},
+            'batch_tokens = 0; write a positive integer, "auto"',
+        ),
+        ({"templates": ["prompteol"]}, {"batch_tokens": "many"}, "batch_tokens = 'many'"),
+        (
+            {"templates": ["prompteol"]},
             {"data": {"split": "dev", "dev_pairs": 5, "tasks": "all"}},
             "dev_pairs .* applies to STS-B dev only",
         ),
@@ -231,6 +237,13 @@ def test_a_results_file_from_another_configuration_is_refused(tiny_llama, data_d
 def test_bad_sweep_configs_are_refused_before_any_work(data_dir, grid, extra, message):
     with pytest.raises(PromptlabError, match=message):
         plan(config(data_dir, [grid], **extra), layer_count=lambda m: 3)
+
+
+def test_sweep_batch_settings_reach_the_embedder(data_dir):
+    assert config(data_dir, [{"templates": ["prompteol"]}], batch_tokens="none").batch_tokens is None
+    assert config(data_dir, [{"templates": ["prompteol"]}], batch_tokens=512).batch_tokens == 512
+    default = config(data_dir, [{"templates": ["prompteol"]}])
+    assert default.batch_tokens == "auto" and default.batch_size is None
 
 
 def test_unknown_model_in_a_sweep_suggests_close_names(data_dir):
