@@ -173,3 +173,37 @@ def test_real_smollm2_bf16_vectors_match_the_transformers_forward():
     plain = Embedder(backend, "prompteol").encode(sentences)
     cos = (fast * plain).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(plain, axis=1)
     assert cos.min() >= 0.995, cos  # bf16 rounding of two op orders (float32 is exact: tests above)
+
+
+def test_lora_injected_in_place_runs_through_the_fast_forward_exactly():
+    peft = pytest.importorskip("peft")
+    model = _model("llama")
+    peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():  # LoRA's B starts at zero; make the adapter matter
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.eval()
+    assert unsupported_reason(model) is None, "in place, the model is still a LlamaModel"
+    ids, mask, positions = _batch("right")
+    expected = _reference(model, ids, mask, positions)
+    with torch.inference_mode():
+        got, _ = FastDecoder(model).forward(ids, positions, mask)
+    torch.testing.assert_close(got[-1][mask.bool()], expected[-1][mask.bool()], atol=1e-5, rtol=1e-4)
+
+
+def test_fp32_norms_in_a_bf16_model_promote_like_transformers():
+    """QLoRA's preparation keeps norms in float32 beside 4-bit layers that take float32 inputs.
+
+    Here: bf16 embeddings feed float32 norms and layers, so the first norm must promote to float32.
+    """
+    model = _model("llama")
+    model.embed_tokens.to(torch.bfloat16)
+    ids, mask, positions = _batch("right")
+    expected = _reference(model, ids, mask, positions)
+    with torch.inference_mode():
+        got, _ = FastDecoder(model).forward(ids, positions, mask)
+    assert got[-1].dtype == expected[-1].dtype == torch.float32
+    real = mask.bool()
+    cos = torch.nn.functional.cosine_similarity(got[-1][real], expected[-1][real].float())
+    assert cos.min() > 0.99

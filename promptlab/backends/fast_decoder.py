@@ -98,7 +98,10 @@ class FastDecoder:
         """LLaMA's RMSNorm with only the [.., 1] scale in float32 (see the module docstring)."""
         rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
         scale = torch.rsqrt(rms.square_().div_(x.shape[-1]).add_(norm.variance_epsilon))
-        return (x * scale.to(x.dtype)).mul_(norm.weight)
+        out = x * scale.to(x.dtype)
+        if norm.weight.dtype != out.dtype:  # QLoRA keeps norms in fp32: promote as transformers does
+            return norm.weight * out
+        return out.mul_(norm.weight)
 
     def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor):
         """cos and sign-folded sin, [B, 1, L, head_dim]: ``x*cos + roll(x, half)*sin`` is RoPE."""
