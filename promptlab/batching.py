@@ -24,6 +24,20 @@ CPU_BATCH_ROWS, CPU_BATCH_TOKENS = 128, 1536
 OTHER_BATCH_ROWS = 32
 
 
+def parse_batch_tokens(value) -> int | str | None:
+    """A ``batch_tokens`` setting: ``"auto"``, ``None``/``"none"`` (no cap) or a positive integer (or its digits).
+
+    Raises ValueError naming the accepted forms.
+    """
+    if value is None or value in ("auto", "none"):
+        return None if value in (None, "none") else "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"batch_tokens {value!r}: give a positive number of tokens, 'auto' or 'none'")
+
+
 def default_batching(device) -> tuple[int, int | None]:
     """(rows, padded tokens) per forward for a backend on ``device`` (a torch device or its name)."""
     if str(device).split(":")[0] == "cpu":

@@ -65,15 +65,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_tokens(value: str):
-    if value in ("auto", "none"):
-        return None if value == "none" else "auto"
+    from promptlab.batching import parse_batch_tokens
+
     try:
-        tokens = int(value)
-    except ValueError:
-        tokens = 0
-    if tokens < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a positive number of tokens, 'auto' or 'none'")
-    return tokens
+        return parse_batch_tokens(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_embedder(args: argparse.Namespace):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from promptlab.backends import Backend, load_backend, resolve_dtype
-from promptlab.batching import default_batching, plan_batches
+from promptlab.batching import default_batching, parse_batch_tokens, plan_batches
 from promptlab.cache import EmbeddingCache
 from promptlab.errors import PromptlabError
 from promptlab.prefix_cache import shared_prefix_length
@@ -128,13 +128,11 @@ class Embedder:
             raise PromptlabError(f"batch_size={batch_size}: pass a positive number of sentences, or None.")
         rows, tokens = default_batching(getattr(self.backend, "device", "cpu"))
         self.batch_size = batch_size or rows
-        if batch_tokens == "auto":
-            batch_tokens = tokens
-        elif batch_tokens is not None and (isinstance(batch_tokens, str) or batch_tokens < 1):
-            raise PromptlabError(
-                f"batch_tokens={batch_tokens!r}: pass a positive token count, None (no cap) or 'auto'."
-            )
-        self.batch_tokens = batch_tokens
+        try:
+            batch_tokens = parse_batch_tokens(batch_tokens)
+        except ValueError as err:
+            raise PromptlabError(str(err)) from None
+        self.batch_tokens = tokens if batch_tokens == "auto" else batch_tokens
         self.padding_side = padding_side
         self.prompts = PromptTokenizer(self.backend.tokenizer, template, max_length=max_length)
         tok = self.backend.tokenizer

@@ -94,7 +94,8 @@ def test_embedder_forwards_respect_both_caps_and_vectors_do_not_depend_on_batchi
     ("options", "message"),
     [
         ({"batch_size": 0}, "batch_size=0"),
-        ({"batch_tokens": 0}, "batch_tokens=0"),
+        ({"batch_tokens": 0}, "batch_tokens 0: give a positive number"),
+        ({"batch_tokens": True}, "True"),
         ({"batch_tokens": "x"}, "'x'"),
     ],
 )

@@ -224,9 +224,9 @@ def test_a_results_file_from_another_configuration_is_refused(tiny_llama, data_d
         (
             {"templates": ["prompteol"]},
             {"batch_tokens": 0},
-            'batch_tokens = 0; write a positive integer, "auto"',
+            "test.toml: batch_tokens 0: give a positive number of tokens",
         ),
-        ({"templates": ["prompteol"]}, {"batch_tokens": "many"}, "batch_tokens = 'many'"),
+        ({"templates": ["prompteol"]}, {"batch_tokens": "many"}, "batch_tokens 'many'"),
         (
             {"templates": ["prompteol"]},
             {"data": {"split": "dev", "dev_pairs": 5, "tasks": "all"}},

@@ -235,11 +235,12 @@ def _identity(template, demonstration) -> dict[str, Any]:
 
 def _batch_tokens(value, where: str):
     """``batch_tokens`` of a sweep config: a positive integer, "auto" or "none"."""
-    if value in ("auto", "none"):
-        return None if value == "none" else "auto"
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    raise PromptlabError(f'{where}: batch_tokens = {value!r}; write a positive integer, "auto" or "none".')
+    from promptlab.batching import parse_batch_tokens
+
+    try:
+        return parse_batch_tokens(value)
+    except ValueError as err:
+        raise PromptlabError(f"{where}: {err}") from None
 
 
 def row_key(model: str, dtype: str, template: str, demo_id: str, layer: int) -> dict[str, Any]:
@@ -318,6 +319,7 @@ def run_sweep(
                         "layer": layer,
                         "layer_index": layer,
                         "batch_size": embedder.batch_size,
+                        "batch_tokens": embedder.batch_tokens,
                     },
                     "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
                     "details": record.get("details"),
