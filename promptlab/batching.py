@@ -22,6 +22,7 @@ BATCH_COST_TOKENS = 150
 # 2048-token budget. Elsewhere (CUDA) the fixed 32 rows of earlier versions stand, uncapped.
 CPU_BATCH_ROWS, CPU_BATCH_TOKENS = 128, 1536
 OTHER_BATCH_ROWS = 32
+BATCH_SIZE_HELP = f"most sentences per forward (default: {CPU_BATCH_ROWS} on CPU, else {OTHER_BATCH_ROWS})"
 
 
 def parse_batch_tokens(value) -> int | str | None:

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from promptlab.backends import DTYPE_NAMES
+from promptlab.batching import BATCH_SIZE_HELP, CPU_BATCH_TOKENS, parse_batch_tokens
 from promptlab.errors import PromptlabError
 
 
@@ -28,21 +30,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=DTYPE_NAMES,
         help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="most sentences per forward (default: 128 on CPU, else 32)",
-    )
+    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
     p.add_argument(
         "--batch-tokens",
         type=_batch_tokens,
         default="auto",
-        help="most padded tokens per forward: a number, 'none' (no cap) or auto (1536 on CPU, else none)",
+        help=f"most padded tokens per forward: a number, 'none' (no cap) or auto ({CPU_BATCH_TOKENS} on CPU, else none)",
     )
     p.add_argument(
         "--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)"
@@ -65,8 +62,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_tokens(value: str):
-    from promptlab.batching import parse_batch_tokens
-
     try:
         return parse_batch_tokens(value)
     except ValueError as err:

@@ -200,7 +200,6 @@ class PrefixKVCache:
         suffix_pos = compact_pos[:, prefix_len : prefix_len + suffix_len]
         suffix_pos = torch.where(suffix_mask.bool(), suffix_pos, prefix_len + k[:, :suffix_len])
 
-        kwargs: dict[str, Any] = {"position_ids": suffix_pos} if takes_position_ids else {}
         with torch.inference_mode():
             prefix = self._prefix(model, prefix_ids, takes_position_ids, fast)
         if fast is not None:
@@ -212,7 +211,9 @@ class PrefixKVCache:
                 )
             suffix_states = tuple(states)
         else:
-            suffix_states = self._suffix_forward(model, prefix, suffix_ids, suffix_pos, suffix_mask, kwargs)
+            suffix_states = self._suffix_forward(
+                model, prefix, suffix_ids, suffix_pos if takes_position_ids else None, suffix_mask
+            )
         if bool((start == 0).all()) and length == prefix_len + suffix_len:
             return _JoinedStates(prefix.hidden, suffix_states, None, None)
         # Left padding (or any other layout): put each real token back where the batch has it.
@@ -220,8 +221,12 @@ class PrefixKVCache:
         return _JoinedStates(prefix.hidden, suffix_states, index, mask)
 
     @staticmethod
-    def _suffix_forward(model, prefix: _Prefix, suffix_ids, suffix_pos, suffix_mask, kwargs):
-        """The model's own forward over the suffixes, with the prefix as a (batch-expanded) KV cache."""
+    def _suffix_forward(model, prefix: _Prefix, suffix_ids, suffix_pos, suffix_mask):
+        """The model's own forward over the suffixes, with the prefix as a (batch-expanded) KV cache.
+
+        ``suffix_pos``: position ids, or None for a model whose forward takes none.
+        """
+        kwargs: dict[str, Any] = {} if suffix_pos is None else {"position_ids": suffix_pos}
         from transformers import DynamicCache
 
         n, prefix_len, device = suffix_ids.shape[0], prefix.hidden[0].shape[1], suffix_ids.device

@@ -52,13 +52,12 @@ def unsupported_reason(model) -> str | None:
         return "sliding-window attention"
     if not hasattr(model, "rotary_emb") or not hasattr(model, "embed_tokens"):
         return "no rotary_emb/embed_tokens"
-    norms = [model.norm]
+    if type(model.norm).__name__ not in _NORMS:
+        return f"norm {type(model.norm).__name__}"
     for layer in model.layers:
-        norms += [layer.input_layernorm, layer.post_attention_layernorm]
-    for norm in norms:
-        if type(norm).__name__ not in _NORMS:
-            return f"norm {type(norm).__name__}"
-    for layer in model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if type(norm).__name__ not in _NORMS:
+                return f"norm {type(norm).__name__}"
         attention, mlp = layer.self_attn, layer.mlp
         if not all(hasattr(attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
             return "attention without q/k/v/o projections"
@@ -88,6 +87,7 @@ class FastDecoder:
         self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
         attention = model.layers[0].self_attn
         self.head_dim = int(getattr(attention, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.half = self.head_dim // 2  # RoPE rotates the two halves of each head
 
     @classmethod
     def build(cls, model) -> FastDecoder | None:
@@ -106,7 +106,7 @@ class FastDecoder:
     def _rope(self, hidden: torch.Tensor, position_ids: torch.Tensor):
         """cos and sign-folded sin, [B, 1, L, head_dim]: ``x*cos + roll(x, half)*sin`` is RoPE."""
         cos, sin = self.model.rotary_emb(hidden, position_ids)  # [B, L, D], the model's own frequencies
-        half = self.head_dim // 2
+        half = self.half
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         return cos[:, None], sin[:, None]
 
@@ -128,7 +128,7 @@ class FastDecoder:
         """
         model = self.model
         batch, length = input_ids.shape
-        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        heads, kv_heads, head_dim, half = self.num_heads, self.num_kv_heads, self.head_dim, self.half
         num_layers = len(model.layers)
         upto = num_layers if upto is None else upto
         hidden = model.embed_tokens(input_ids)
@@ -142,7 +142,6 @@ class FastDecoder:
             q = attention.q_proj(x).view(batch, length, heads, head_dim).transpose(1, 2)
             k = attention.k_proj(x).view(batch, length, kv_heads, head_dim).transpose(1, 2)
             v = attention.v_proj(x).view(batch, length, kv_heads, head_dim).transpose(1, 2)
-            half = head_dim // 2
             q = torch.addcmul(q * cos, q.roll(half, -1), sin)
             k = torch.addcmul(k * cos, k.roll(half, -1), sin)
             if keep_kv:

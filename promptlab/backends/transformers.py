@@ -167,23 +167,20 @@ class TransformersBackend:
                 upto=upto,
             )
         device = self.device
+        input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        position_ids = (batch.position_ids + self.position_offset).to(device)
         if fast is not None:
             with torch.inference_mode():
-                states, _ = fast.forward(
-                    batch.input_ids.to(device),
-                    (batch.position_ids + self.position_offset).to(device),
-                    batch.attention_mask.to(device),
-                    upto=upto,
-                )
+                states, _ = fast.forward(input_ids, position_ids, attention_mask, upto=upto)
             return states
         kwargs: dict[str, Any] = {
-            "input_ids": batch.input_ids.to(device),
-            "attention_mask": batch.attention_mask.to(device),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "output_hidden_states": True,
             "return_dict": True,
         }
         if self._takes_position_ids:
-            kwargs["position_ids"] = (batch.position_ids + self.position_offset).to(device)
+            kwargs["position_ids"] = position_ids
         if self._takes_use_cache:
             kwargs["use_cache"] = False
         model = self.model if grad else self._inference_model

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from promptlab.batching import BATCH_SIZE_HELP
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -58,12 +60,7 @@ def make_search_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --dev-pairs subset")
     p.add_argument("--top", type=int, default=10, help="print the k best")
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="most sentences per forward (default: 128 on CPU, else 32)",
-    )
+    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     p.set_defaults(handler=search_command)
