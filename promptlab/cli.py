@@ -34,13 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
-    p.add_argument(
-        "--batch-tokens",
-        type=_batch_tokens,
-        default="auto",
-        help=f"most padded tokens per forward: a number, 'none' (no cap) or auto ({CPU_BATCH_TOKENS} on CPU, else none)",
-    )
+    add_batch_args(p)
     p.add_argument(
         "--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)"
     )
@@ -59,6 +53,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
+
+
+def add_batch_args(p: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--batch-tokens``, the same for every command that embeds."""
+    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
+    p.add_argument(
+        "--batch-tokens",
+        type=_batch_tokens,
+        default="auto",
+        help=f"most padded tokens per forward: a number, 'none' (no cap) or auto ({CPU_BATCH_TOKENS} on CPU, else none)",
+    )
 
 
 def _batch_tokens(value: str):

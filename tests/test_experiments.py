@@ -420,9 +420,12 @@ def test_cli_sweep_search_report_and_eval_with_best_of(tiny_llama, data_dir, tmp
         str(search),
         "--data-dir",
         data_dir,
+        "--batch-tokens",
+        "48",
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    assert {r["config"]["batch_tokens"] for r in read_rows(search)} == {48}
     assert (
         "| 1 |" in printed
         and "| 2 |" in printed
@@ -453,6 +456,10 @@ def test_cli_sweep_search_report_and_eval_with_best_of(tiny_llama, data_dir, tmp
         == 0
     )
     assert f"prompteol+{best}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # refused by argparse, before the finished rows are touched
+        main([*args[:-1], "0"])
+    assert "give a positive number of tokens" in capsys.readouterr().err
+    assert {r["config"]["batch_tokens"] for r in read_rows(search)} == {48}
     cfg.write_text(f'models = ["{model_dir}"]\n[[grid]]\ntemplates = ["prompteol"]\nlayers = [40]\n')
     assert main(["sweep", str(cfg), "--output", str(tmp_path / "bad.jsonl"), "--data-dir", data_dir]) == 2
     assert "layer 40 is out of range" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()

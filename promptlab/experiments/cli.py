@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from promptlab.batching import BATCH_SIZE_HELP
+from promptlab.cli import add_batch_args  # promptlab.cli imports this module only in make_parser
 
 
 def _log(message: str) -> None:
@@ -60,7 +60,7 @@ def make_search_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --dev-pairs subset")
     p.add_argument("--top", type=int, default=10, help="print the k best")
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
-    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
+    add_batch_args(p)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     p.set_defaults(handler=search_command)
@@ -88,6 +88,7 @@ def search_command(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         benchmark=benchmark,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         max_length=args.max_length,
         pool_name=args.pool,
         log=_log,

@@ -34,6 +34,7 @@ def run_search(
     dtype: str = "bfloat16",
     benchmark: Benchmark | None = None,
     batch_size: int | None = None,
+    batch_tokens: int | str | None = "auto",
     max_length: int | None = None,
     backend: Any = None,
     pool_name: str = "",
@@ -89,7 +90,13 @@ def run_search(
             )
     for number, demo in enumerate(todo, start=1):
         embedder = Embedder(
-            backend, base, layer=layer, batch_size=batch_size, max_length=max_length, demonstration=demo
+            backend,
+            base,
+            layer=layer,
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+            max_length=max_length,
+            demonstration=demo,
         )
         index = embedder.layer_index
         records, seconds = benchmark.score_layers(embedder, [index], progress=progress)
@@ -101,7 +108,11 @@ def run_search(
                 "baseline": demo is None,
                 "score": record["average"],
                 "scores": record["scores"],
-                "config": {**embedder.describe(), "batch_size": embedder.batch_size},
+                "config": {
+                    **embedder.describe(),
+                    "batch_size": embedder.batch_size,
+                    "batch_tokens": embedder.batch_tokens,
+                },
                 "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
                 "seconds": seconds,
             },
