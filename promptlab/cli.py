@@ -27,12 +27,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--layer", type=int, default=-1, help="hidden-state layer; -1 is the last, 0 the embeddings"
     )
     p.add_argument("--pooling", default=None, help="for prefix templates: cls | cls_mlp | mean | max | last")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPE_NAMES,
-        help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
-    )
+    add_dtype_arg(p)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     add_batch_args(p)
     p.add_argument(
@@ -53,6 +48,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """``--dtype``, the same choices and default for every command that loads a model to embed."""
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
+    )
 
 
 def add_batch_args(p: argparse.ArgumentParser) -> None:

@@ -246,6 +246,15 @@ def test_sweep_batch_settings_reach_the_embedder(data_dir):
     assert default.batch_tokens == "auto" and default.batch_size is None
 
 
+@pytest.mark.parametrize("flags, resolved", [(set(), "float32"), ({"amx_bf16"}, "bfloat16")])
+def test_sweep_dtype_auto_runs_the_resolved_dtype_once(data_dir, monkeypatch, flags, resolved):
+    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: flags)
+    cfg = config(data_dir, [{"templates": ["prompteol"], "layers": [-1]}], dtypes=["auto", resolved])
+    jobs = plan(cfg, layer_count=lambda m: 3)
+    # "auto" and the dtype it resolves to are one forward pass, and rows name the dtype that ran.
+    assert [job.dtype for job in jobs] == [resolved]
+
+
 def test_unknown_model_in_a_sweep_suggests_close_names(data_dir):
     cfg = SweepConfig.from_dict(
         {"models": ["smollm"], "templates": ["prompteol"]}, where="x.toml", data_dir=data_dir
@@ -337,6 +346,22 @@ def test_search_scores_baseline_and_every_candidate_and_resumes(tiny_llama, data
         run_search(
             "tiny", changed, out, dtype="float32", backend=again.backend, benchmark=bench, log=lambda m: None
         )
+
+
+def test_search_dtype_auto_records_and_resumes_the_resolved_dtype(
+    tiny_llama, data_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "search.jsonl"
+    bench = Benchmark(data_dir=data_dir)
+    search = {"backend": backend_for(tiny_llama), "benchmark": bench, "log": lambda m: None}
+    run_search("tiny", POOL[:1], out, dtype="float32", **search)
+    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: set())  # no native bf16: auto is float32
+    counting = Counting(tiny_llama)
+    rows = run_search("tiny", POOL[:1], out, dtype="auto", **{**search, "backend": counting.backend})
+    assert counting.calls == 0 and {r["fixed"]["dtype"] for r in rows} == {"float32"}
+    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: {"amx_bf16"})  # now auto is bfloat16
+    with pytest.raises(PromptlabError, match="dtype: 'float32' there, 'bfloat16' now"):
+        run_search("tiny", POOL[:1], out, dtype="auto", **search)
 
 
 def test_search_on_a_seeded_dev_subset(tiny_llama, data_dir, tmp_path):

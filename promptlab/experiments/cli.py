@@ -6,7 +6,10 @@ import argparse
 import sys
 import time
 
-from promptlab.cli import add_batch_args  # promptlab.cli imports this module only in make_parser
+from promptlab.cli import (
+    add_batch_args,
+    add_dtype_arg,
+)  # promptlab.cli imports this module only in make_parser
 
 
 def _log(message: str) -> None:
@@ -53,7 +56,7 @@ def make_search_parser(sub) -> None:
     )
     p.add_argument("--template", default="prompteol", help="a next_token (or mask) template")
     p.add_argument("--layer", type=int, default=-1)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    add_dtype_arg(p)
     p.add_argument(
         "--dev-pairs", type=int, default=None, help="a seeded subset of STS-B dev (default: all 1500)"
     )

@@ -31,7 +31,7 @@ def run_search(
     *,
     template: str = "prompteol",
     layer: int = -1,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     benchmark: Benchmark | None = None,
     batch_size: int | None = None,
     batch_tokens: int | str | None = "auto",
@@ -42,12 +42,14 @@ def run_search(
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first."""
+    from promptlab.backends import resolve_dtype
     from promptlab.demonstrations import with_demonstration
     from promptlab.embedder import Embedder
     from promptlab.registry import get_template
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     benchmark = benchmark or Benchmark()
+    dtype = resolve_dtype(dtype)  # rows record the dtype that ran: "auto" resumes rows of its resolution
     base = get_template(template)
     with_demonstration(base, pool[0])  # refuses, before any work, a template kind that takes none
     ids = [d.id for d in pool]

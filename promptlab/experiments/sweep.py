@@ -4,7 +4,7 @@ A sweep is a TOML file (see ``experiments/*.toml``)::
 
     name = "smollm2-135m: templates x layers"
     models = ["smollm2-135m"]
-    dtypes = ["bfloat16"]
+    dtypes = ["bfloat16"]     # or "auto": bfloat16 where the hardware computes in it, else float32
 
     [data]                 # optional; default: all of STS-B dev
     tasks = ["STSBenchmark"]
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptlab.backends import DTYPE_NAMES, resolve_dtype
 from promptlab.errors import PromptlabError
 from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
@@ -43,7 +44,6 @@ _TOP_KEYS = {
 }  # fmt: skip
 _GRID_KEYS = {"templates", "layers", "demonstrations"}
 _DATA_KEYS = {"tasks", "split", "dev_pairs", "seed"}
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,12 @@ def plan(config: SweepConfig, *, layer_count: Callable[[str], int] = default_lay
     from promptlab.registry import get_template
 
     for dtype in config.dtypes:
-        if dtype not in DTYPES:
-            raise PromptlabError(f"{config.path}: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}.")
+        if dtype not in DTYPE_NAMES:
+            raise PromptlabError(
+                f"{config.path}: unknown dtype {dtype!r}; choose from {', '.join(DTYPE_NAMES)}."
+            )
+    # Rows record the dtype that ran, so "auto" resumes rows of its resolved dtype (and merges with it).
+    dtypes = list(dict.fromkeys(resolve_dtype(dtype) for dtype in config.dtypes))
     counts = {}
     for model in config.models:
         try:
@@ -207,7 +211,7 @@ def plan(config: SweepConfig, *, layer_count: Callable[[str], int] = default_lay
                         f'(use -{n + 1}..{n}, or "all"; 0 is the embedding output).'
                     )
             indices = sorted({layer % (n + 1) for layer in layers})
-            for dtype in config.dtypes:
+            for dtype in dtypes:
                 for name, template in templates.items():
                     for demo in demos.values():
                         try:
