@@ -40,6 +40,9 @@ def test_quickstart_finds_every_paraphrase(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "smollm2-135m, template 'prompteol'" in done.stdout
     assert "8/8 sentences have their paraphrase as nearest neighbour" in done.stdout
+    nf4 = run_demo("quickstart.py", "--quantization", "nf4", cwd=tmp_path)  # bitsandbytes 4-bit on the CPU
+    assert nf4.returncode == 0, nf4.stderr
+    assert ", nf4: (8, 576)" in nf4.stdout and "8/8 sentences" in nf4.stdout
     bad = run_demo("quickstart.py", "--template", "prompteoll", cwd=tmp_path)
     assert bad.returncode == 2 and "prompteol" in bad.stderr and "Traceback" not in bad.stderr
 
