@@ -349,19 +349,22 @@ def test_search_scores_baseline_and_every_candidate_and_resumes(tiny_llama, data
 
 
 def test_search_dtype_auto_records_and_resumes_the_resolved_dtype(
-    tiny_llama, data_dir, tmp_path, monkeypatch
+    tiny_llama, tiny_llama_dir, data_dir, tmp_path, monkeypatch
 ):
-    out = tmp_path / "search.jsonl"
-    bench = Benchmark(data_dir=data_dir)
-    search = {"backend": backend_for(tiny_llama), "benchmark": bench, "log": lambda m: None}
-    run_search("tiny", POOL[:1], out, dtype="float32", **search)
+    out, model = tmp_path / "search.jsonl", str(tiny_llama_dir)
+    messages = []
+    search = {"benchmark": Benchmark(data_dir=data_dir), "log": messages.append}
+    run_search(model, POOL[:1], out, dtype="float32", **search)
     monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: set())  # no native bf16: auto is float32
-    counting = Counting(tiny_llama)
-    rows = run_search("tiny", POOL[:1], out, dtype="auto", **{**search, "backend": counting.backend})
-    assert counting.calls == 0 and {r["fixed"]["dtype"] for r in rows} == {"float32"}
-    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: {"amx_bf16"})  # now auto is bfloat16
+    rows = run_search(model, POOL[:1], out, dtype="auto", **search)
+    assert "2 done, 0 to do" in messages[-1] and {r["fixed"]["dtype"] for r in rows} == {"float32"}
+    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: {"amx_bf16"})  # now auto is bfloat16...
     with pytest.raises(PromptlabError, match="dtype: 'float32' there, 'bfloat16' now"):
-        run_search("tiny", POOL[:1], out, dtype="auto", **search)
+        run_search(model, POOL[:1], out, dtype="auto", **search)
+    # ...but a backend passed in ran in its own dtype, and that is what a row records.
+    counting = Counting(tiny_llama)  # a float32 backend
+    rows = run_search(model, POOL[:1], out, dtype="auto", backend=counting.backend, **search)
+    assert counting.calls == 0 and {r["fixed"]["dtype"] for r in rows} == {"float32"}
 
 
 def test_search_on_a_seeded_dev_subset(tiny_llama, data_dir, tmp_path):

@@ -6,10 +6,8 @@ import argparse
 import sys
 import time
 
-from promptlab.cli import (
-    add_batch_args,
-    add_dtype_arg,
-)  # promptlab.cli imports this module only in make_parser
+# promptlab.cli imports this module only in make_parser, so this import is not circular.
+from promptlab.cli import add_batch_args, add_dtype_arg
 
 
 def _log(message: str) -> None:

@@ -49,7 +49,10 @@ def run_search(
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     benchmark = benchmark or Benchmark()
-    dtype = resolve_dtype(dtype)  # rows record the dtype that ran: "auto" resumes rows of its resolution
+    # Rows record the dtype that ran, so "auto" resumes the rows of what it resolves to: a given backend's
+    # own dtype, else what loading would pick on this machine.
+    given = backend.describe().get("dtype") if backend is not None and dtype == "auto" else None
+    dtype = given or resolve_dtype(dtype)
     base = get_template(template)
     with_demonstration(base, pool[0])  # refuses, before any work, a template kind that takes none
     ids = [d.id for d in pool]
