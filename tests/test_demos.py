@@ -19,7 +19,12 @@ needs_data = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data no
 
 
 def run_demo(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PROMPTLAB_DATA": str(SENTEVAL)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PROMPTLAB_DATA": str(SENTEVAL.resolve()),
+    }
     return subprocess.run(
         [sys.executable, str(DEMOS / name), *args],
         cwd=cwd,
@@ -31,7 +36,9 @@ def run_demo(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_every_demo_is_tested():
-    tested = {"quickstart.py", "semantic_search.py", "compare_methods.py", "demonstration_search.py"}
+    tested = {
+        "quickstart.py", "semantic_search.py", "compare_methods.py", "demonstration_search.py", "finetune_cse.py",
+    }  # fmt: skip
     assert {p.name for p in DEMOS.glob("*.py")} == tested
 
 
@@ -100,3 +107,31 @@ def test_demonstration_search_scores_resumes_and_reports_test(tmp_path):
     again = run_demo("demonstration_search.py", *args, cwd=tmp_path)
     assert again.returncode == 0 and "2 done, 0 to do" in again.stdout
     assert len(read_rows(out)) == 2
+
+
+@needs_data
+def test_finetune_cse_trains_saves_and_reloads_the_adapter(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-examples",
+        "64",
+        "--dev-pairs",
+        "40",
+        "--eval-every",
+        "1",
+    ]
+    done = run_demo("finetune_cse.py", *args, "--output-dir", str(run), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    before = float(re.search(r"before training: ([\d.]+)", done.stdout).group(1))
+    best = float(re.search(r"best: step \d, dev ([\d.]+)", done.stdout).group(1))
+    reloaded = float(re.search(r"reloaded: dev ([\d.]+)", done.stdout).group(1))
+    assert "64 training examples; 2 steps of 8" in done.stdout and "step   2: loss" in done.stdout
+    assert best != before  # two optimizer steps moved the vectors
+    assert reloaded == pytest.approx(best, abs=0.05)  # the saved adapter is the one training scored
+    assert (run / "best" / "adapter_config.json").is_file() and (run / "log.jsonl").is_file()
+    again = run_demo("finetune_cse.py", *args, "--output-dir", str(run), cwd=tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # an earlier run is never lost silently
