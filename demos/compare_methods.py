@@ -3,6 +3,7 @@
     python demos/compare_methods.py                               # SmolLM2-135M: PromptEOL and kin vs pooling
     python demos/compare_methods.py --model mpnet-base            # an encoder: PromptBERT vs CLS / mean
     python demos/compare_methods.py --dev-pairs 1500 --methods prompteol,mean
+    python demos/compare_methods.py --adapter experiments/finetune/runs/smollm2-sup-lora/best  # + CSE
 
 The model loads once; every method is an `Embedder` over that one backend. Scores are Spearman x 100 of
 cosine similarity on a seeded subset of STS-B dev (the papers' selection split; the test splits are for
@@ -12,8 +13,10 @@ the final report: `promptlab eval`). STS data: --data-dir or $PROMPTLAB_DATA (a 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from promptlab import Embedder
 from promptlab.errors import PromptlabError
@@ -38,6 +41,24 @@ ENCODER_METHODS = {
 }
 
 
+def adapter_template(folder: str) -> tuple[str, int]:
+    """(template, layer) an adapter was trained on, from its `promptlab_adapter.json`."""
+    from promptlab import get_template
+
+    meta = Path(folder) / "promptlab_adapter.json"
+    try:
+        trained = json.loads(meta.read_text(encoding="utf-8"))
+        name, text, layer = trained["template"]["name"], trained["template"]["text"], trained["layer"]
+    except (OSError, ValueError, KeyError):
+        raise PromptlabError(
+            f"--adapter {folder}: no readable promptlab_adapter.json; pass a `promptlab finetune` RUN/best folder."
+        ) from None
+    try:
+        return (name if get_template(name).text == text else text), layer
+    except PromptlabError:  # trained on a literal template text, not a registry name
+        return text, layer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf or hub id")
@@ -45,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-pairs", type=int, default=300, help="seeded STS-B dev subset (1500: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="also score a CSE adapter (`promptlab finetune` RUN/best) on its template",
+    )
     parser.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     args = parser.parse_args(argv)
 
@@ -66,9 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"| {'method':32} | {'template':10} | STS-B dev | sent/s |")
         print(f"|{'-' * 34}|{'-' * 12}|----------:|-------:|")
-        for key in keys:
-            label, template, pooling, demonstration = methods[key]
-            embedder = Embedder(backend, template, pooling=pooling, demonstration=demonstration)
+        rows = [(*methods[key], backend, -1, None) for key in keys]
+        if args.adapter:
+            # Its own model copy: LoRA would otherwise change the shared backend under the other methods.
+            template, layer = adapter_template(args.adapter)
+            rows.append(("+ CSE adapter (LoRA)", template, None, None, args.model, layer, args.adapter))
+        for label, template, pooling, demonstration, model, layer, adapter in rows:
+            embedder = Embedder(
+                model,
+                template,
+                layer=layer,
+                pooling=pooling,
+                demonstration=demonstration,
+                dtype=args.dtype,
+                adapter=adapter,
+            )
             started = time.perf_counter()
             vectors = embedder.encode(pairs.sentences1 + pairs.sentences2)
             rate = 2 * len(pairs) / (time.perf_counter() - started)
