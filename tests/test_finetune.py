@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import backend_for
 
+from promptlab.backends import load_backend
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
 from promptlab.finetune.config import FinetuneConfig, parse_override
@@ -610,6 +611,40 @@ def test_qlora_trains_lora_on_a_4bit_base(tmp_path, senteval, tokenizer_dir):
         ["A man."]
     )
     assert np.isfinite(vectors).all()
+
+
+def test_qlora_gradients_are_unchanged_by_a_dev_score(tmp_path, senteval, tokenizer_dir):
+    """bitsandbytes repacks a 4-bit weight into an inference-only CPU layout on its first eval forward (on
+    AVX512-BF16 CPUs); training through that layout has no autograd kernel, so the gradients that flow
+    through the frozen base to lower LoRA layers were silently dropped (zero at layer 0) after the first dev
+    score. A model that embedded before training (already repacked) is refused."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+
+    def gradients(before: str) -> dict[str, torch.Tensor]:
+        cfg = config(
+            tmp_path / before, senteval, model=str(tokenizer_dir), quantization="nf4",
+            dtype="float32", lora_dropout=0.0, eval_every=0,
+        )  # fmt: skip
+        backend = None
+        if before == "embedded":  # a backend that embedded (in eval mode) before training starts on it
+            backend = load_backend("transformers", str(tokenizer_dir), dtype="float32", quantization="nf4")
+            Embedder(backend, "prompteol").encode(["A man is playing a guitar."])
+        trainer = Trainer(cfg, backend=backend, data=TrainingData(TOY))
+        if before == "dev-score":
+            trainer.dev_score()
+        trainer.model.train()
+        trainer.objective.loss(trainer.batch(0)).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    fresh_grads = gradients("nothing")
+    assert len(fresh_grads) > 4 and all(g.abs().sum() > 0 for n, g in fresh_grads.items() if "lora_B" in n)
+    after_dev = gradients("dev-score")  # the same weights, never repacked: the same gradients
+    for name, grad in fresh_grads.items():
+        torch.testing.assert_close(after_dev[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    functional = pytest.importorskip("bitsandbytes.functional")
+    if getattr(functional, "has_avx512bf16", lambda: False)():  # the CPUs where bitsandbytes repacks
+        with pytest.raises(PromptlabError, match="repacked by bitsandbytes for inference .* freshly loaded"):
+            gradients("embedded")
 
 
 # --------------------------------------------------------------------------- the CLI, end to end

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,55 @@ def weights_changed(backend) -> None:
         cache.clear()
 
 
+# -- 4-bit weights and training -----------------------------------------------------------------------------
+# bitsandbytes (0.4x-0.50) repacks a 4-bit weight, on its first forward in eval mode without grad on a CPU with
+# AVX512-BF16, into a layout for its inference kernel (gemv_4bit), and keeps it so. That kernel has no
+# autograd: a training step through a repacked layer silently drops the gradient that flows through the
+# frozen base to the LoRA layers below. So training keeps 4-bit layers out of that layout: dev scores run
+# with them in train mode (they have no dropout; the flag only gates the repacking), and a model whose
+# layers were already repacked (it embedded before training) is refused when LoRA is added.
+def _linear_4bit_layers(model: nn.Module) -> list[nn.Module]:
+    """bitsandbytes' own 4-bit layers (not peft's LoRA wrappers around them, which show the same weight)."""
+    return [
+        m
+        for m in model.modules()
+        if type(m).__module__.startswith("bitsandbytes")
+        and getattr(getattr(m, "weight", None), "quant_state", None) is not None
+    ]
+
+
+def refuse_repacked_4bit(model: nn.Module) -> None:
+    """Refuse to train on 4-bit layers bitsandbytes already repacked for inference (see above).
+
+    bitsandbytes' own unpacking is lossy (block scales kept in bf16) and, measured with 0.50.2, wrong by
+    about 20 % on layers with more inputs than outputs (down projections), so it is not an option.
+    """
+    packed = [
+        layer
+        for layer in _linear_4bit_layers(model)
+        if getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    ]
+    if packed:
+        raise PromptlabError(
+            f"{len(packed)} 4-bit layers of this model were repacked by bitsandbytes for inference (the model "
+            "embedded before training), which leaves them without gradients and cannot be undone exactly; "
+            "train on a freshly loaded model (do not embed with it first)."
+        )
+
+
+@contextmanager
+def scoring_mode(model: nn.Module):
+    """Eval mode for a dev score during training, with 4-bit layers kept trainable (see above)."""
+    was_training = model.training
+    model.eval()
+    for layer in _linear_4bit_layers(model):
+        layer.training = True
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def add_lora(
     backend,
     *,
@@ -129,6 +179,7 @@ def add_lora(
     peft = require("peft", "train")
     model = backend.model
     if quantized:
+        refuse_repacked_4bit(model)
         # QLoRA: norms/embeddings to fp32, input grads on; the 4-bit weights stay frozen.
         peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = resolve_targets(model, backend.num_layers, target_modules, blocks)

@@ -38,6 +38,7 @@ from promptlab.finetune.lora import (
     base_identity,
     blocks_below,
     save_adapter,
+    scoring_mode,
     weights_changed,
 )
 from promptlab.finetune.objectives import Objective
@@ -185,13 +186,9 @@ class Trainer:
             )
         pairs = self._dev
         unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
-        was_training = self.model.training
-        self.model.eval()
         weights_changed(self.backend)  # a prefix KV cache from the last dev score is stale now
-        try:
+        with scoring_mode(self.model):  # eval mode, 4-bit layers kept trainable
             vectors = self.view.encode(unique, show_progress_bar=False)
-        finally:
-            self.model.train(was_training)
         row = {s: i for i, s in enumerate(unique)}
         first = vectors[[row[s] for s in pairs.sentences1]]
         second = vectors[[row[s] for s in pairs.sentences2]]
