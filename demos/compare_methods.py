@@ -20,7 +20,7 @@ from pathlib import Path
 
 from promptlab import Embedder
 from promptlab.errors import PromptlabError
-from promptlab.evaluation import score_pairs, sts_dev
+from promptlab.evaluation import score_encoder, sts_dev
 
 # key: (what the papers call it, template, pooling, demonstration)
 DECODER_METHODS = {
@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 adapter=adapter,
             )
             started = time.perf_counter()
-            vectors = embedder.encode(pairs.sentences1 + pairs.sentences2)
+            score = score_encoder(embedder.encode, pairs)
             rate = 2 * len(pairs) / (time.perf_counter() - started)
-            score = score_pairs(vectors[: len(pairs)], vectors[len(pairs) :], pairs.scores)
             print(f"| {label:32} | {template:10} | {score:9.2f} | {rate:6.1f} |", flush=True)
     except PromptlabError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 from promptlab import Embedder
 from promptlab.demonstrations import load_pool
 from promptlab.errors import PromptlabError
-from promptlab.evaluation import load_task, score_pairs
+from promptlab.evaluation import load_task, score_encoder
 from promptlab.experiments.scoring import Benchmark
 from promptlab.experiments.search import best_demonstration, format_top, run_search
 
@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"\nSTS-B test ({len(test)} pairs), {args.template}, {dtype}:")
         for label, demonstration in (("no demonstration", None), (f"best: {best.id}", best)):
-            embedder = Embedder(backend, args.template, demonstration=demonstration)
-            vectors = embedder.encode(test.sentences1 + test.sentences2)
-            score = score_pairs(vectors[: len(test)], vectors[len(test) :], test.scores)
+            score = score_encoder(Embedder(backend, args.template, demonstration=demonstration).encode, test)
             print(f"  {label:32} {score:6.2f}")
     except PromptlabError as err:
         print(f"error: {err}", file=sys.stderr)

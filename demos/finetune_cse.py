@@ -20,7 +20,7 @@ import sys
 
 from promptlab import Embedder
 from promptlab.errors import PromptlabError
-from promptlab.evaluation import score_pairs, sts_dev
+from promptlab.evaluation import score_encoder, sts_dev
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = Embedder(
             args.model, "prompteol", dtype=args.dtype, quantization=quantization, adapter=str(best)
         )
-        pairs = sts_dev(args.data_dir, n_pairs=args.dev_pairs)
-        vectors = tuned.encode(pairs.sentences1 + pairs.sentences2)
-        reloaded = score_pairs(vectors[: len(pairs)], vectors[len(pairs) :], pairs.scores)
+        reloaded = score_encoder(tuned.encode, sts_dev(args.data_dir, n_pairs=args.dev_pairs))
         print(f"adapter {best} reloaded: dev {reloaded:.2f}")
         if quantization:
             # Training scores 4-bit layers in their trainable layout; inference runs bitsandbytes' packed CPU

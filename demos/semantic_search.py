@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: CACHE/embeddings)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top {args.top}: print at least 1 hit per query")
 
     from promptlab.cache import default_cache_dir
 

@@ -26,6 +26,7 @@ from promptlab.evaluation import (
     format_table,
     load_task,
     resolve_data_dir,
+    score_encoder,
     score_pairs,
     sts_dev,
 )
@@ -274,6 +275,25 @@ def test_score_pairs_matches_independent_computation():
     cos = (u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
     assert score_pairs(u, v, gold) == pytest.approx(spearmanr(cos, gold).statistic * 100)
     assert score_pairs(u, u, gold) != score_pairs(u, v, gold)
+
+
+def test_score_encoder_encodes_both_sides_in_one_call(fake_dir):
+    pairs = sts_dev(fake_dir)
+    rng = np.random.default_rng(0)
+    table = {s: rng.normal(size=8) for s in pairs.sentences1 + pairs.sentences2}
+    calls = []
+
+    def encode(sentences):
+        calls.append(list(sentences))
+        return np.stack([table[s] for s in sentences])
+
+    expected = score_pairs(
+        np.stack([table[s] for s in pairs.sentences1]),
+        np.stack([table[s] for s in pairs.sentences2]),
+        pairs.scores,
+    )
+    assert score_encoder(encode, pairs) == pytest.approx(expected)
+    assert calls == [pairs.sentences1 + pairs.sentences2]
 
 
 def test_zero_vector_scores_cosine_zero():

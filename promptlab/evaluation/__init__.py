@@ -15,7 +15,7 @@ from __future__ import annotations
 from promptlab.evaluation.data import ENV_VAR, STSPairs, load_task, resolve_data_dir, sts_dev
 from promptlab.evaluation.results import EvalResult, format_table
 from promptlab.evaluation.runner import evaluate
-from promptlab.evaluation.scoring import TaskScore, cosine_pairs, score_pairs, spearman100
+from promptlab.evaluation.scoring import TaskScore, cosine_pairs, score_encoder, score_pairs, spearman100
 from promptlab.evaluation.tasks import TASKS, canonical_task
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "format_table",
     "load_task",
     "resolve_data_dir",
+    "score_encoder",
     "score_pairs",
     "spearman100",
     "sts_dev",

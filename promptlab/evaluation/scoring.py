@@ -47,6 +47,14 @@ def score_pairs(vecs1: np.ndarray, vecs2: np.ndarray, gold: Sequence[float] | np
     return spearman100(cos, gold)
 
 
+def score_encoder(encode, pairs) -> float:
+    """Spearman x 100 of ``encode``'s vectors on ``pairs`` (an `STSPairs`): both sides encoded in one call,
+    so an encoder that deduplicates and batches by length (`Embedder.encode`) sees every sentence once."""
+    n = len(pairs.sentences1)
+    vectors = encode(list(pairs.sentences1) + list(pairs.sentences2))
+    return score_pairs(vectors[:n], vectors[n:], pairs.scores)
+
+
 @dataclass(frozen=True)
 class TaskScore:
     """One task's score and how it was made up."""
