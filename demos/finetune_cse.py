@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="triplets per step (in-batch negatives)")
     parser.add_argument("--max-examples", type=int, default=None, help="a seeded subset of the training data")
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--dev-pairs", type=int, default=200, help="seeded STS-B dev subset for selection")
+    parser.add_argument("--dev-pairs", type=int, default=200, help="seeded STS-B dev subset (0: all 1500)")
     parser.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config)
         print(f"{len(trainer.data)} training examples; {config.steps} steps of {trainer.batch_size}")
         before = trainer.dev_score()  # LoRA starts as the identity: this is the base model's score
-        print(f"STS-B dev ({args.dev_pairs} pairs) before training: {before:.2f}", flush=True)
+        print(f"STS-B dev ({args.dev_pairs or 'all'} pairs) before training: {before:.2f}", flush=True)
         result = trainer.run(resume=args.resume, overwrite=args.overwrite)
         for entry in result.history:
             print(f"  step {entry['step']:3}: loss {entry['loss']:.3f}, dev {entry['dev_spearman']:.2f}")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = Embedder(
             args.model, "prompteol", dtype=args.dtype, quantization=quantization, adapter=str(best)
         )
-        reloaded = score_encoder(tuned.encode, sts_dev(args.data_dir, n_pairs=args.dev_pairs))
+        reloaded = score_encoder(tuned.encode, sts_dev(args.data_dir, n_pairs=args.dev_pairs or None))
         print(f"adapter {best} reloaded: dev {reloaded:.2f}")
         if quantization:
             # Training scores 4-bit layers in their trainable layout; inference runs bitsandbytes' packed CPU
