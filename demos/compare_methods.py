@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from promptlab import Embedder
+from promptlab.backends import DTYPE_NAMES
 from promptlab.errors import PromptlabError
 from promptlab.evaluation import score_encoder, sts_dev
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=None, help="comma-separated keys (default: all for the model)")
     parser.add_argument("--dev-pairs", type=int, default=300, help="seeded STS-B dev subset (1500: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument(
         "--adapter",
         default=None,

@@ -12,15 +12,13 @@ results file is resumable: a rerun scores only the candidates it does not hold y
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-import numpy as np
-
 from promptlab import Embedder
+from promptlab.backends import DTYPE_NAMES
 from promptlab.demonstrations import load_pool
 from promptlab.errors import PromptlabError
-from promptlab.evaluation import load_task, score_encoder
+from promptlab.evaluation import load_task, score_encoder, subset_pairs
 from promptlab.experiments.scoring import Benchmark
 from promptlab.experiments.search import best_demonstration, format_top, run_search
 
@@ -35,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--test-pairs", type=int, default=None, help="seeded STS-B test subset (default: all)"
     )
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--output", default="demonstration-search.jsonl", help="results JSONL (resumed)")
     parser.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     args = parser.parse_args(argv)
@@ -61,14 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         best = best_demonstration(args.output)
 
         (test,) = load_task("STSBenchmark", data_dir=args.data_dir, split="test")
-        if args.test_pairs and args.test_pairs < len(test):
-            keep = np.sort(np.random.default_rng(0).choice(len(test), size=args.test_pairs, replace=False))
-            test = dataclasses.replace(
-                test,
-                sentences1=[test.sentences1[i] for i in keep],
-                sentences2=[test.sentences2[i] for i in keep],
-                scores=test.scores[keep],
-            )
+        test = subset_pairs(test, args.test_pairs or None)
         print(f"\nSTS-B test ({len(test)} pairs), {args.template}, {dtype}:")
         for label, demonstration in (("no demonstration", None), (f"best: {best.id}", best)):
             score = score_encoder(Embedder(backend, args.template, demonstration=demonstration).encode, test)

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from promptlab import Embedder
+from promptlab.backends import DTYPE_NAMES
 from promptlab.errors import PromptlabError
 
 PAIRS = [
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pooling", default=None, help="for prefix templates (none, e5-query...): mean, last..."
     )
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"])
     args = parser.parse_args(argv)
 

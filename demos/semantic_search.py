@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from promptlab import Embedder
+from promptlab.backends import DTYPE_NAMES
 from promptlab.errors import PromptlabError
 
 CORPUS = [
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=3, help="hits to print per query")
     parser.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf or hub id")
     parser.add_argument("--template", default="prompteol", help="registry name or text with [X]")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"])
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: CACHE/embeddings)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")

@@ -29,6 +29,7 @@ from promptlab.evaluation import (
     score_encoder,
     score_pairs,
     sts_dev,
+    subset_pairs,
 )
 from promptlab.evaluation.data import _parse
 
@@ -263,6 +264,13 @@ def test_sts_dev_subset_is_seeded(fake_dir):
     np.testing.assert_array_equal(part.scores, full.scores[positions])
     assert part.sentences2 == [full.sentences2[i] for i in positions]
     assert len(sts_dev(fake_dir, n_pairs=1000)) == 19
+    # The same subset of any split: STS-B test here.
+    (test,) = load_task("STSBenchmark", data_dir=fake_dir, split="test")
+    part = subset_pairs(test, 5, seed=1)
+    assert len(part) == 5 and part.split == "test" and set(part.sentences1) <= set(test.sentences1)
+    assert subset_pairs(test, None) is test
+    with pytest.raises(PromptlabError, match="too few for a Spearman"):
+        subset_pairs(test, 1)
 
 
 # --------------------------------------------------------------------------- scoring

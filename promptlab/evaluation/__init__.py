@@ -12,7 +12,7 @@ similarity against gold. Data comes from a local SentEval copy (`data_dir` / $PR
 
 from __future__ import annotations
 
-from promptlab.evaluation.data import ENV_VAR, STSPairs, load_task, resolve_data_dir, sts_dev
+from promptlab.evaluation.data import ENV_VAR, STSPairs, load_task, resolve_data_dir, sts_dev, subset_pairs
 from promptlab.evaluation.results import EvalResult, format_table
 from promptlab.evaluation.runner import evaluate
 from promptlab.evaluation.scoring import TaskScore, cosine_pairs, score_encoder, score_pairs, spearman100
@@ -34,4 +34,5 @@ __all__ = [
     "score_pairs",
     "spearman100",
     "sts_dev",
+    "subset_pairs",
 ]

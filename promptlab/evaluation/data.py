@@ -247,6 +247,11 @@ def sts_dev(
     training); `n_pairs` at or above the split size returns the whole split.
     """
     (pairs,) = load_task("STSBenchmark", data_dir=data_dir, split="dev", source=source)
+    return subset_pairs(pairs, n_pairs, seed=seed)
+
+
+def subset_pairs(pairs: STSPairs, n_pairs: int | None, *, seed: int = 0) -> STSPairs:
+    """A seeded random subset of ``n_pairs`` pairs, kept in file order; None or at least all: ``pairs``."""
     if n_pairs is None or n_pairs >= len(pairs):
         return pairs
     if n_pairs < 2:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,21 +179,16 @@ class Trainer:
     # -- dev score -----------------------------------------------------------------------------------------
     def dev_score(self) -> float:
         """Spearman x 100 on the (seeded subset of) STS-B dev, through the `Embedder` itself."""
-        from promptlab.evaluation import score_pairs, sts_dev
+        from promptlab.evaluation import score_encoder, sts_dev
 
         if self._dev is None:
             self._dev = sts_dev(
                 self.config.data_dir, n_pairs=self.config.dev_pairs, seed=self.config.dev_seed
             )
-        pairs = self._dev
-        unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
         weights_changed(self.backend)  # a prefix KV cache from the last dev score is stale now
         with scoring_mode(self.model):  # eval mode, 4-bit layers kept trainable
-            vectors = self.view.encode(unique, show_progress_bar=False)
-        row = {s: i for i, s in enumerate(unique)}
-        first = vectors[[row[s] for s in pairs.sentences1]]
-        second = vectors[[row[s] for s in pairs.sentences2]]
-        return float(score_pairs(first, second, pairs.scores))
+            # `Embedder.encode` embeds each distinct sentence once, so both sides go in as they are.
+            return float(score_encoder(partial(self.view.encode, show_progress_bar=False), self._dev))
 
     # -- saving --------------------------------------------------------------------------------------------
     def adapter_metadata(self, step: int, dev: float | None) -> dict[str, Any]:
