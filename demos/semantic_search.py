@@ -4,6 +4,10 @@
     python demos/semantic_search.py --corpus my_sentences.txt --query "how do I reset my password?"
     python demos/semantic_search.py --quantization int8               # bitsandbytes: pip install 'promptlab[quant]'
 
+By default it embeds with the best training-free configuration the lab found for SmolLM2-135M on STS-B
+dev (template `eol-topic`, layer 28, the demonstration its search chose: see the README); plain PromptEOL
+is `--template prompteol --layer -1 --demonstration none`.
+
 The corpus (one sentence per line) is embedded once and its vectors kept in promptlab's on-disk embedding
 cache (keyed by model file, template, layer, dtype, quantization and sentence), so a second search over the
 same corpus only embeds the queries. `--no-cache` switches that off.
@@ -44,6 +48,10 @@ QUERIES = [
 ]
 
 
+# The demonstration search behind the default configuration (`promptlab search-demos`, STS-B dev).
+BEST_SEARCH = Path(__file__).resolve().parents[1] / "experiments/results/search-smollm2-eol-topic-l28.jsonl"
+
+
 def read_corpus(path: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -65,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=3, help="hits to print per query")
     parser.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf or hub id")
-    parser.add_argument("--template", default="prompteol", help="registry name or text with [X]")
+    parser.add_argument("--template", default="eol-topic", help="registry name or text with [X]")
+    parser.add_argument("--layer", type=int, default=28, help="hidden-state layer (-1: the last)")
+    parser.add_argument(
+        "--demonstration",
+        default=f"best-of:{BEST_SEARCH}",
+        help="a demonstration id, best-of:SEARCH.jsonl, or none (default: the search's best for eol-topic)",
+    )
     parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"])
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: CACHE/embeddings)")
@@ -82,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder(
             args.model,
             args.template,
+            layer=args.layer,
+            demonstration=args.demonstration,
             dtype=args.dtype,
             quantization=args.quantization,
             cache_dir=None if args.no_cache else args.cache_dir or str(default_cache_dir()),

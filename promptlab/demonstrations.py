@@ -83,8 +83,14 @@ def load_demonstrations(path: str | Path) -> list[Demonstration]:
         raise PromptlabError(
             f"demonstration file {path} does not exist; pass a .jsonl file or a shipped name."
         )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PromptlabError(
+            f"demonstration file {path} is not UTF-8 (byte {err.start}); save it as UTF-8."
+        ) from None
     demos = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
@@ -143,7 +149,9 @@ def get_demonstration(demo_id: str) -> Demonstration:
     try:
         return _shipped()[demo_id]
     except KeyError:
-        raise unknown_name("demonstration", demo_id, _shipped()) from None
+        raise unknown_name(
+            "demonstration", demo_id, _shipped(), listed_by="promptlab demonstrations"
+        ) from None
 
 
 def load_pool(spec: str = ALL_POOL) -> tuple[list[Demonstration], list[Demonstration]]:

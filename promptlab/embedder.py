@@ -7,8 +7,8 @@ forward and pool (`Backend.embed`) → vectors in the caller's order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,9 +21,15 @@ from promptlab.batching import default_batching, parse_batch_tokens, plan_batche
 from promptlab.cache import EmbeddingCache
 from promptlab.errors import PromptlabError
 from promptlab.prefix_cache import shared_prefix_length
+from promptlab.progress import Progress
 from promptlab.registry import get_template
 from promptlab.templates import Template
-from promptlab.tokenization import PromptTokenizer, pad_batch
+from promptlab.tokenization import PromptTokenizer, check_max_length, pad_batch
+
+# How often vectors computed so far are written to the disk cache during a long encode.
+CACHE_FLUSH_SECONDS = 60.0
+# How often a long encode whose stderr is not a terminal (a log) prints a progress line.
+PROGRESS_SECONDS = 30.0
 
 
 def check_sentences(sentences: Sequence[str]) -> list[str]:
@@ -39,6 +45,19 @@ def check_sentences(sentences: Sequence[str]) -> list[str]:
                 f"sentence #{i} is empty or whitespace-only; remove blank lines from the input."
             )
     return out
+
+
+def _rate(done: int, seconds: float) -> float | None:
+    """Sentences per second, or None when nothing was computed."""
+    return done / seconds if done and seconds > 0 else None
+
+
+@contextlib.contextmanager
+def _finally(action):
+    try:
+        yield
+    finally:
+        action()
 
 
 class Embedder:
@@ -96,6 +115,12 @@ class Embedder:
         demonstration: Any = None,
         compile: bool = False,
     ):
+        check_max_length(max_length)  # before the model loads
+        if merge_adapter and adapter is None:
+            raise PromptlabError(
+                "merge_adapter (--merge-adapter) needs an adapter to merge: pass --adapter FOLDER (or an "
+                "--embedder that has one), or drop --merge-adapter."
+            )
         template = get_template(template, pooling=pooling)
         if normalize_input is not None and normalize_input != template.normalize:
             template = dataclasses.replace(template, normalize=normalize_input)
@@ -106,7 +131,8 @@ class Embedder:
             template = with_demonstration(template, demonstration)
         self.demonstration = demonstration
         self.template = template
-        if isinstance(model, str) or not hasattr(model, "embed"):
+        loaded = isinstance(model, str) or not hasattr(model, "embed")
+        if loaded:
             quant = {"quantization": quantization} if quantization else {}
             dtype = resolve_dtype(dtype, device)
             model = load_backend(backend, model, dtype=dtype, device=device, **quant)
@@ -134,7 +160,12 @@ class Embedder:
             raise PromptlabError(str(err)) from None
         self.batch_tokens = tokens if batch_tokens == "auto" else batch_tokens
         self.padding_side = padding_side
-        self.prompts = PromptTokenizer(self.backend.tokenizer, template, max_length=max_length)
+        self.prompts = PromptTokenizer(
+            self.backend.tokenizer,
+            template,
+            max_length=max_length,
+            model_positions=getattr(self.backend, "max_positions", None),
+        )
         tok = self.backend.tokenizer
         # Padded positions are masked out, so any id works; prefer the tokenizer's own pad/eos token.
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
@@ -151,6 +182,15 @@ class Embedder:
             cache_dir=cache_dir,
         )
         self.members = [Embedder(self.backend, name, layer, **options) for name in template.members]
+        if template.kind == "next_token" and getattr(self.backend, "causal", None) is False:
+            warnings.warn(
+                f"template {template.name!r} reads the next-token position, which only a causal decoder (LLaMA, "
+                f"Qwen, OPT...) fills with a prediction; {self.backend.describe().get('model')!r} attends both "
+                "ways (an encoder): use a mask template (promptbert) or --template none --pooling mean.",
+                stacklevel=2,
+            )
+        if loaded and callable(getattr(self.backend, "warm_up", None)):
+            self.backend.warm_up()  # a backend this embedder loaded: its first-forward costs belong to loading
 
     # -- layers ----------------------------------------------------------------------------------------
     def resolve_layer(self, layer: int) -> int:
@@ -217,15 +257,31 @@ class Embedder:
         order = sorted(todo, key=lambda i: -len(prompts[i].ids))
         prefix = shared_prefix_length([p.ids for p in prompts.values()]) if self.use_prefix_cache else 0
         batch_size = batch_size or self.batch_size
-        show = (
-            sys.stderr.isatty() and len(unique) > batch_size
-            if show_progress_bar is None
-            else show_progress_bar
-        )
         n_tokens = 0
-        from tqdm.auto import tqdm
+        pending: list[int] = []  # rows computed but not yet in the disk cache
+        flushed = time.perf_counter()
 
-        with tqdm(total=len(order), unit="sent", disable=not show, desc="embedding") as bar:
+        def flush() -> None:
+            # Computed vectors reach the disk cache as the job goes, so a killed job's rerun resumes.
+            if namespace and pending:
+                self.cache.store(
+                    namespace,
+                    [unique[i] for i in pending],
+                    {i: out[i][pending] for i in wanted},
+                    self.describe(),
+                )
+            pending.clear()
+
+        with (
+            Progress(
+                len(order),
+                "embedding",
+                enabled=show_progress_bar,
+                min_total=batch_size,
+                interval=PROGRESS_SECONDS,
+            ) as progress,
+            _finally(flush),  # an interrupted job keeps every batch it finished
+        ):
             # Length-sorted rows cut where padding and per-forward costs are least (`promptlab.batching`).
             for span in plan_batches(
                 [len(prompts[i].ids) - prefix for i in order], batch_size, max_tokens=self.batch_tokens
@@ -238,21 +294,23 @@ class Embedder:
                 n_tokens += batch.num_tokens
                 for index, vectors in self.backend.embed(batch, self.template.pooling, wanted).items():
                     out[index][rows] = vectors.numpy()
-                bar.update(len(rows))
-        if namespace and order:
-            self.cache.store(
-                namespace, [unique[i] for i in order], {i: out[i][order] for i in wanted}, self.describe()
-            )
+                pending.extend(rows)
+                progress.update(len(rows))
+                if time.perf_counter() - flushed >= CACHE_FLUSH_SECONDS:
+                    flush()
+                    flushed = time.perf_counter()
         seconds = time.perf_counter() - start
         self.last_stats = {
             "sentences": len(sentences),
             "unique_sentences": len(unique),
             "tokens": n_tokens,
             "truncated": n_truncated,
+            "embedded": len(order),
             "from_cache": len(unique) - len(order),
             "prefix_length": prefix,
             "seconds": seconds,
-            "sentences_per_second": len(unique) / seconds if seconds > 0 else float("inf"),
+            # The rate of the work done: sentences read from the cache are counted apart, not as speed.
+            "sentences_per_second": _rate(len(order), seconds),
         }
         position = {s: i for i, s in enumerate(unique)}
         take = np.fromiter((position[s] for s in sentences), dtype=np.int64, count=len(sentences))
@@ -280,13 +338,16 @@ class Embedder:
         if normalize_embeddings:
             for v in result.values():
                 v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        embedded = max(member.last_stats["embedded"] for member in self.members)
         unique = len(set(sentences))
         self.last_stats = {
             **self.members[-1].last_stats,
             **stats,
             "sentences": len(sentences),
             "unique_sentences": unique,
-            "sentences_per_second": unique / stats["seconds"] if stats["seconds"] > 0 else float("inf"),
+            "embedded": embedded,
+            "from_cache": unique - embedded,
+            "sentences_per_second": _rate(embedded, stats["seconds"]),
         }
         return result
 
@@ -310,3 +371,17 @@ class Embedder:
             "template_members": {m.template.name: m.template.text for m in self.members},
             "promptlab": promptlab.__version__,
         }
+
+    # -- artifacts -------------------------------------------------------------------------------------
+    def save(self, folder: str, *, overwrite: bool = False):
+        """Save as a folder that `Embedder.load` rebuilds (config + adapter); see `promptlab.artifact`."""
+        from promptlab.artifact import save_embedder
+
+        return save_embedder(self, folder, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, folder: str, **options) -> Embedder:
+        """An embedder saved with `save` (or a fine-tuning adapter folder); ``options`` as in `load_embedder`."""
+        from promptlab.artifact import load_embedder
+
+        return load_embedder(folder, **options)

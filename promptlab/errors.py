@@ -12,7 +12,15 @@ from collections.abc import Iterable
 
 
 class PromptlabError(Exception):
-    """An error caused by the user's input; the message names the fix."""
+    """An error caused by the user's input; the message names the fix.
+
+    Where the fix is spelled differently in Python and on the command line (``data_dir=...`` vs
+    ``--data-dir``), `cli` holds the command line's wording, which the CLI prints instead.
+    """
+
+    def __init__(self, message: str, *, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
 
 
 def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3) -> str:
@@ -25,9 +33,20 @@ def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3) -> str:
     return f" Did you mean: {', '.join(lowered[c] for c in close)}?" if close else ""
 
 
-def unknown_name(what: str, name: str, choices: Iterable[str]) -> PromptlabError:
-    """The standard error for an unknown registry/model/task name, with suggestions and the full list."""
+def unknown_name(
+    what: str, name: str, choices: Iterable[str], *, listed_by: str | None = None
+) -> PromptlabError:
+    """The standard error for an unknown registry/model/task name, with suggestions and the full list.
+
+    A long list (more than `LIST_AT_MOST` names) is not printed when `listed_by` names the command that
+    lists them: the line stays readable.
+    """
     choices = sorted(choices)
-    return PromptlabError(
-        f"unknown {what} {name!r}.{did_you_mean(name, choices)} Known {what}s: {', '.join(choices)}."
-    )
+    if listed_by and len(choices) > LIST_AT_MOST:
+        known = f"{len(choices)} {what}s are known: `{listed_by}` lists them."
+    else:
+        known = f"Known {what}s: {', '.join(choices)}."
+    return PromptlabError(f"unknown {what} {name!r}.{did_you_mean(name, choices)} {known}")
+
+
+LIST_AT_MOST = 20

@@ -77,6 +77,23 @@ class _JoinedStates(Sequence):
         return out.masked_fill(~self._real.unsqueeze(-1), 0.0)
 
 
+def is_causal(model) -> bool | None:
+    """Whether ``model`` is a causal decoder (True) or attends both ways, as encoders do (False), by
+    probing it on 3 tokens; None when the probe cannot run."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3]], device=device)
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    try:
+        with torch.inference_mode():
+            full = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
+            head = model(input_ids=ids[:, :2], attention_mask=torch.ones_like(ids[:, :2]), **extra)
+    except Exception:  # a model that cannot run this probe: unknown
+        return None
+    a, b = full.last_hidden_state[0, :2].float(), head.last_hidden_state[0].float()
+    # A causal model gives the first two tokens the same states whatever follows; an encoder does not.
+    return bool(torch.allclose(a, b, atol=1e-3 * (1 + float(b.abs().max())), rtol=1e-3))
+
+
 class PrefixKVCache:
     """A few computed prefixes (least recently used dropped first) for the model it is called with.
 
@@ -103,21 +120,7 @@ class PrefixKVCache:
     @staticmethod
     def _check_causal(model) -> bool:
         params = inspect.signature(model.forward).parameters
-        if "past_key_values" not in params:
-            return False
-        device = next(model.parameters()).device
-        ids = torch.tensor([[1, 2, 3]], device=device)
-        try:
-            with torch.inference_mode():
-                full = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-                head = model(
-                    input_ids=ids[:, :2], attention_mask=torch.ones_like(ids[:, :2]), use_cache=False
-                )
-        except Exception:  # a model that cannot run this probe keeps the plain path
-            return False
-        a, b = full.last_hidden_state[0, :2].float(), head.last_hidden_state[0].float()
-        # A causal model gives the first two tokens the same states whatever follows; an encoder does not.
-        return bool(torch.allclose(a, b, atol=1e-3 * (1 + float(b.abs().max())), rtol=1e-3))
+        return "past_key_values" in params and bool(is_causal(model))
 
     def clear(self) -> None:
         self._store.clear()

@@ -37,14 +37,20 @@ def _read_toml(path: Path) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
+    except UnicodeDecodeError as err:
+        raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
 
 
 def load_templates(path: Path) -> list[Template]:
     """The templates of one TOML file, each validated."""
     rows = _read_toml(path).get("template", [])
+    if not isinstance(rows, list):
+        raise PromptlabError(f"{path.name}: write each template as a [[template]] table.")
     templates = []
     for i, row in enumerate(rows, start=1):
         where = f"{path.name} template #{i}"
+        if not isinstance(row, dict):
+            raise PromptlabError(f"{where}: write each template as a [[template]] table, not {row!r}.")
         unknown = set(row) - _TEMPLATE_KEYS
         if unknown:
             raise PromptlabError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from promptlab.config_types import as_toml, check_type
 from promptlab.errors import PromptlabError
 
 SLOT = "[X]"
@@ -29,6 +30,15 @@ PREFIX_POOLINGS = ("cls", "cls_mlp", "mean", "max", "last")
 # The single-token kinds are read at one fixed position of the prompt; span/ensemble have one read-out too.
 KIND_POOLING = {"mask": "mask", "next_token": "next_token", "span": "span", "ensemble": "members"}
 
+_FIELD_TYPES = (
+    ("name", "str"),
+    ("kind", "str"),
+    ("text", "str"),
+    ("paper", "str"),
+    ("pooling", "str | None"),
+    ("normalize", "bool"),
+    ("source", "str"),
+)
 _FINAL_PUNCTUATION = ".?!\"'"
 _QUOTES = "\"'"
 
@@ -68,6 +78,12 @@ class Template:
 
     def __post_init__(self) -> None:
         where = f"template {self.name!r}" + (f" ({self.source})" if self.source else "")
+        for name, kind in _FIELD_TYPES:
+            check_type(getattr(self, name), kind, f"{where}: {name}")
+        if not isinstance(self.members, list | tuple):
+            raise PromptlabError(
+                f"{where}: members = {as_toml(self.members)} must be a list of template names."
+            )
         if self.kind not in KINDS:
             raise PromptlabError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}.")
         object.__setattr__(self, "members", tuple(self.members))

@@ -43,10 +43,39 @@ class TokenBatch:
         return int(self.attention_mask.sum())
 
 
-class PromptTokenizer:
-    """Tokenizes a template's prompts for one tokenizer (a transformers *fast* tokenizer)."""
+# transformers gives a tokenizer without a length limit a huge `model_max_length` (1e30): not a limit.
+_NO_LIMIT = 10**8
 
-    def __init__(self, tokenizer, template: Template, *, max_length: int | None = None):
+
+def check_max_length(max_length) -> None:
+    """Refuse a token budget that is not a positive whole number (0 or -1 never mean "no limit")."""
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
+        raise PromptlabError(
+            f"max_length={max_length!r}: give a positive number of tokens (--max-length N), or leave it "
+            "unset to use the model's own limit."
+        )
+
+
+class PromptTokenizer:
+    """Tokenizes a template's prompts for one tokenizer (a transformers *fast* tokenizer).
+
+    The token budget per prompt is the smallest of ``max_length``, the tokenizer's ``model_max_length`` and
+    ``model_positions`` (the positions the model has, e.g. ``max_position_embeddings``), so a tokenizer
+    that declares no limit still never sends a model more tokens than it has positions. None when none of
+    the three is known.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        template: Template,
+        *,
+        max_length: int | None = None,
+        model_positions: int | None = None,
+    ):
+        check_max_length(max_length)
         if not getattr(tokenizer, "is_fast", False):
             raise PromptlabError(
                 "promptlab needs a fast (Rust) tokenizer to locate the sentence slot; "
@@ -64,8 +93,9 @@ class PromptTokenizer:
                 f"template {template.name!r} reads the [MASK] position, but this model's tokenizer has no mask "
                 "token; use a masked LM (BERT, RoBERTa, MPNet) or a next-token template such as 'prompteol'."
             )
-        model_max = getattr(tokenizer, "model_max_length", None) or 10**9
-        self.max_length = min(max_length or model_max, model_max if model_max < 10**8 else 10**9)
+        limits = [max_length, getattr(tokenizer, "model_max_length", None), model_positions]
+        limits = [n for n in limits if isinstance(n, int) and 0 < n < _NO_LIMIT]
+        self.max_length: int | None = min(limits) if limits else None
 
     def _tokenize(self, text: str):
         return self.tokenizer(
@@ -81,6 +111,8 @@ class PromptTokenizer:
         enc = self._tokenize(rendered.text)
         truncated = False
         for _ in range(8):
+            if self.max_length is None:
+                break
             overflow = len(enc["input_ids"]) - self.max_length
             if overflow <= 0:
                 break

@@ -6,6 +6,7 @@ Each test compares what the cache returns with vectors computed afresh by an emb
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -116,6 +117,15 @@ def test_corrupt_shards_are_ignored_with_one_warning(tiny_llama, tmp_path):
     assert sum(rows) == 4, "nothing was read from the damaged files"
     np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES + MORE), atol=1e-5)
     np.testing.assert_allclose(again, fresh(tiny_llama, SENTENCES), atol=1e-5)
+    # The damaged files are gone, so a later run (a new process: no memory of the warning) reads the
+    # recomputed vectors without a word.
+    assert not first.exists() and not second.exists()
+    cache_module._warned.clear()
+    later = counting(backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Embedder(backend, "prompteol", cache_dir=tmp_path).encode(SENTENCES + MORE)
+    assert sum(later) == 0
 
 
 def test_unwritable_cache_warns_once_and_computes(tiny_llama, tmp_path, monkeypatch):

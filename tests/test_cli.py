@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import SENTEVAL
+from test_evaluation import write_fake_senteval
 
 from promptlab.backends import resolve_dtype
 from promptlab.cli import main
@@ -95,7 +96,7 @@ def _error_of(argv, capsys) -> str:
 
 def test_bad_input_gives_one_line_errors(tiny_llama_dir, tiny_bert_dir, tmp_path, capsys):
     blank = tmp_path / "blank.txt"
-    blank.write_text("fine\n   \n")
+    blank.write_text("fine\n   \nmore\n")
     out = str(tmp_path / "v.npy")
     embed = ["embed", "--model", str(tiny_llama_dir), "--output", out]
     assert "line 2 is empty" in _error_of([*embed, "--input", str(blank)], capsys)
@@ -158,3 +159,131 @@ def test_batch_flags_change_batching_not_vectors(tiny_llama_dir, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--batch-tokens", "0"])
     assert "give a positive number of tokens" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- what a new user meets
+
+
+def _subcommands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subcommands(sub))
+
+
+def test_every_command_explains_itself_and_every_option_has_help():
+    from promptlab.cli import make_parser
+
+    commands = dict(_subcommands(make_parser()))
+    assert {"eval", "embed", "demonstrations", "models", "models pull", "sweep", "search-demos"} <= set(
+        commands
+    )
+    for name, parser in commands.items():
+        assert parser.description, f"`promptlab {name} --help` has no description"
+        if " " not in name:  # top-level commands show examples to copy
+            assert parser.epilog and "promptlab " in parser.epilog, f"`promptlab {name}` has no examples"
+        for action in parser._actions:
+            if action.option_strings or action.dest not in ("help", "verb", "command"):
+                assert action.help, f"`promptlab {name}`: {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("argv", [[], ["models"]])
+def test_a_command_without_its_verb_lists_the_commands(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "commands:" in out and ("eval" in out if not argv else "pull" in out and "verify" in out)
+
+
+def test_demonstrations_are_listed_and_an_unknown_one_is_a_short_line(tiny_llama_dir, tmp_path, capsys):
+    assert main(["demonstrations", "--search", "venison"]) == 0
+    out = capsys.readouterr().out
+    assert "eol-opt-13b" in out and "meat from a deer." in out
+    source = tmp_path / "in.txt"
+    source.write_text("The cat sits.\n")
+    argv = [
+        "embed",
+        "--model",
+        str(tiny_llama_dir),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "v.npy"),
+    ]
+    message = _error_of([*argv, "--demonstration", "eol-opt-12b"], capsys)
+    assert "Did you mean: eol-opt-13b" in message and "`promptlab demonstrations` lists them" in message
+    assert len(message) < 300
+
+
+def test_eval_checks_tasks_and_data_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A model that cannot load: any error about it would mean the model was reached before the checks."""
+    unloadable = str(tmp_path / "no-such-model")
+    fake = str(write_fake_senteval(tmp_path / "senteval"))
+    assert "unknown STS task 'STS99'. Did you mean: STS1" in _error_of(
+        ["eval", "--model", unloadable, "--tasks", "STS99", "--data-dir", fake], capsys
+    )
+    assert "does not exist" in _error_of(
+        ["eval", "--model", unloadable, "--data-dir", str(tmp_path / "x")], capsys
+    )
+    monkeypatch.delenv("PROMPTLAB_DATA", raising=False)
+    message = _error_of(["eval", "--model", unloadable], capsys)
+    # On the command line the fix is spelled as flags, not as Python arguments.
+    assert "--data-dir DIR" in message and "--source hub" in message
+    assert "data_dir=" not in message and "source=" not in message
+
+
+def test_eval_reports_cached_sentences_apart_from_the_rate(tiny_llama_dir, tmp_path, capsys):
+    fake = str(write_fake_senteval(tmp_path / "senteval"))
+    argv = ["eval", "--model", str(tiny_llama_dir), "--tasks", "STSBenchmark", "--data-dir", fake]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert "ready (float32, transformers) in" in first.err and "embedded" in first.err
+    assert "read from the embedding cache" not in first.err
+    assert main(argv) == 0  # every vector is in the cache now
+    second = capsys.readouterr()
+    assert "cached" in second.out and "read from the embedding cache" in second.err
+    assert "embedded" not in second.err
+
+
+def test_output_that_cannot_be_written_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys):
+    import os
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes through permission bits; an immutable folder stops root too
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system (root ignores permission bits)")
+    else:
+        locked.chmod(0o555)
+    try:
+        source = tmp_path / "in.txt"
+        source.write_text("The cat sits.\n")
+        unloadable = str(tmp_path / "no-such-model")  # the check comes first: the model is never reached
+        for argv in (
+            ["embed", "--model", unloadable, "--input", str(source), "--output", str(locked / "v.npy")],
+            ["eval", "--model", unloadable, "--output", str(locked / "run.json")],
+        ):
+            assert "cannot write in" in _error_of(argv, capsys)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        else:
+            locked.chmod(0o755)
+
+
+def test_a_next_token_template_on_an_encoder_is_warned_about(tiny_bert, tiny_llama):
+    import warnings
+
+    from conftest import backend_for
+
+    from promptlab.embedder import Embedder
+
+    with pytest.warns(UserWarning, match="attends both ways"):
+        Embedder(backend_for(tiny_bert), "prompteol")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Embedder(backend_for(tiny_llama), "prompteol")
+        Embedder(backend_for(tiny_bert), "promptbert")

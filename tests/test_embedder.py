@@ -239,3 +239,58 @@ def test_compile_is_refused_by_a_backend_that_cannot(tiny_llama):
 
     with pytest.raises(PromptlabError, match="compile=True needs the transformers backend"):
         Embedder(NoCompile(backend_for(tiny_llama)), "prompteol", compile=True)
+
+
+def test_a_tokenizer_without_a_limit_is_cut_at_the_models_positions(tiny_llama_dir, tmp_path):
+    # The fixture's tokenizer declares no limit (model_max_length=1e30); its model has 256 positions.
+    from promptlab.cli import main
+
+    long_sentence = "a man is playing a guitar " * 100  # about 600 tokens
+    source = tmp_path / "in.txt"
+    source.write_text(f"{long_sentence}\nThe cat sits.\n")
+    output = tmp_path / "v.npy"
+    with pytest.warns(UserWarning, match="1 sentence\\(s\\) exceeded 256 tokens"):
+        assert (
+            main(["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--output", str(output)])
+            == 0
+        )
+    assert np.isfinite(np.load(output)).all()
+    embedder = Embedder(str(tiny_llama_dir), "prompteol", dtype="float32")
+    assert embedder.describe()["max_length"] == 256
+    prompt = embedder.prompts.encode(long_sentence)
+    assert prompt.truncated and len(prompt.ids) <= 256
+    assert embedder.backend.tokenizer.decode(prompt.ids).endswith('." means in one word:"')
+    assert Embedder(embedder.backend, "prompteol", max_length=40).describe()["max_length"] == 40
+
+
+def test_positions_reserved_by_the_model_are_not_counted(tiny_mpnet):
+    backend = backend_for(tiny_mpnet)  # RoBERTa-style: positions start at padding_idx + 1
+    model, _ = tiny_mpnet
+    assert backend.max_positions == model.config.max_position_embeddings - backend.position_offset
+
+
+def test_no_known_limit_is_recorded_as_none(tiny_llama):
+    backend = backend_for(tiny_llama)
+    backend.max_positions = None  # a model that declares no positions, with a tokenizer without a limit
+    embedder = Embedder(backend, "prompteol")
+    assert embedder.describe()["max_length"] is None
+    prompt = embedder.prompts.encode("a man is playing a guitar " * 100)
+    assert not prompt.truncated and len(prompt.ids) > 256
+
+
+@pytest.mark.parametrize("max_length", [0, -1, True, 2.5, "64"])
+def test_max_length_must_be_a_positive_number(tiny_llama, max_length):
+    with pytest.raises(PromptlabError, match="give a positive number of tokens"):
+        Embedder(backend_for(tiny_llama), "prompteol", max_length=max_length)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_cli_refuses_a_max_length_that_is_not_positive(tiny_llama_dir, tmp_path, capsys, value):
+    from promptlab.cli import main
+
+    source = tmp_path / "in.txt"
+    source.write_text("The cat sits.\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--max-length", value])
+    assert exit_.value.code == 2
+    assert f"{value!r} is not a positive number of tokens" in capsys.readouterr().err

@@ -188,6 +188,42 @@ def test_mismatched_input_and_gold_is_an_error(fake_dir):
         load_task("STS13", data_dir=fake_dir)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "STS/STSBenchmark/sts-test.csv",
+        "STS/STS15-en-test/STS.input.belief.txt",
+        "SICK/SICK_test_annotated.txt",
+    ],
+)
+def test_file_cut_mid_line_is_an_error(fake_dir, name):
+    path = fake_dir / "downstream" / name
+    path.write_bytes(path.read_bytes()[:-9])  # a download cut inside its last line
+    task = {"STS": "STSBenchmark", "SICK": "SICKRelatedness"}[name.split("/")[0]]
+    task = "STS15" if "STS15" in name else task
+    with pytest.raises(PromptlabError, match="ends in the middle of a line") as err:
+        load_task(task, data_dir=fake_dir)
+    assert str(path) in str(err.value) and "SentEval download" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "content", "message"),
+    [
+        ("STSBenchmark", "STS/STSBenchmark/sts-test.csv", "", "is empty"),
+        ("STSBenchmark", "STS/STSBenchmark/sts-test.csv", "\n\n", "is empty"),
+        ("SICKRelatedness", "SICK/SICK_test_annotated.txt", "pair_ID\tsentence_A\n", "no sentence pairs"),
+        ("STS13", "STS/STS13-en-test/STS.input.FNWN.txt", "", "is empty"),
+        ("STS13", "STS/STS13-en-test/STS.gs.FNWN.txt", "\n" * 6, "is empty"),  # no pair scored
+    ],
+)
+def test_empty_file_is_an_error(fake_dir, task, name, content, message):
+    path = fake_dir / "downstream" / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(PromptlabError, match=message) as err:
+        evaluate(angle_encoder()[0], [task], data_dir=fake_dir)
+    assert str(path) in str(err.value)
+
+
 def test_cache_follows_file_changes(fake_dir):
     load_task("STS13", data_dir=fake_dir)
     hits = _parse.cache_info().hits
@@ -449,6 +485,28 @@ needs_real = pytest.mark.skipif(
 )
 def test_real_pair_counts(task, split, n_pairs):
     assert sum(len(p) for p in load_task(task, data_dir=REAL, split=split)) == n_pairs
+
+
+@needs_real
+@pytest.mark.parametrize("cut", ["lines", "mid-line"])
+def test_real_release_file_cut_short_is_refused_by_the_cli(tiny_llama_dir, tmp_path, capsys, cut):
+    # A copy of the real STS-B folder whose test file lost its last 100 lines (whole lines, so only the
+    # known pair count of the release can tell), or was cut inside a line.
+    import shutil
+
+    from promptlab.cli import main
+
+    folder = tmp_path / "data/downstream/STS/STSBenchmark"
+    shutil.copytree(REAL / "downstream/STS/STSBenchmark", folder)
+    test = folder / "sts-test.csv"
+    raw = test.read_bytes()
+    test.write_bytes(b"".join(raw.splitlines(keepends=True)[:-100]) if cut == "lines" else raw[:-20])
+    argv = ["eval", "--model", str(tiny_llama_dir), "--tasks", "STSBenchmark"]
+    assert main([*argv, "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    expected = "has 1,279 sentence pairs but SentEval's release of this file has 1,379"
+    assert (expected if cut == "lines" else "ends in the middle of a line") in err
+    assert str(test) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def bag_of_words(sentences: list[str], dim: int = 4096) -> np.ndarray:

@@ -82,7 +82,14 @@ def expected_score(model_and_tokenizer, template, layer, demonstration=None, pai
     embedder = Embedder(backend_for(model_and_tokenizer), template, layer=layer, demonstration=demonstration)
     a = embedder.encode([p[0] for p in pairs])
     b = embedder.encode([p[1] for p in pairs])
+    a, b = a.astype(np.float64), b.astype(np.float64)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    # Ranks are what Spearman compares: cosines closer than float32 rounding (~1e-7, and it differs between
+    # CPUs) would let rounding decide the score. Exact ties (the same vectors) rank the same everywhere.
+    gaps = np.diff(np.sort(cosine))
+    assert not np.any((gaps > 0) & (gaps < 1e-6)), (
+        f"near-tied cosines, the score is rounding: {np.sort(cosine)}"
+    )
     return spearmanr(cosine, [p[2] for p in pairs])[0] * 100
 
 
@@ -274,6 +281,7 @@ def test_results_file_appends_durably_and_handles_torn_and_bad_lines(tmp_path):
         f.write('{"kind": "sweep", "key": {"a": 2}, "sco')  # a hard kill in the middle of a write
     with pytest.warns(UserWarning, match="ignoring an incomplete last line"):
         assert [r["key"]["a"] for r in read_rows(path)] == [1]
+    results.close()  # the run that wrote it ends (and unlocks the output)
     with pytest.warns(UserWarning, match="dropping an incomplete last line"):
         reopened = ResultsFile(path, "sweep", {"split": "dev"})
     assert reopened.done({"a": 1}) and not reopened.done({"a": 2})
@@ -282,10 +290,10 @@ def test_results_file_appends_durably_and_handles_torn_and_bad_lines(tmp_path):
     path.write_text('{"kind": "sweep"}\nnot json\n{"kind": "sweep"}\n')
     with pytest.raises(PromptlabError, match="r.jsonl:2: not a JSON row"):
         read_rows(path)
+    with ResultsFile(tmp_path / "x.jsonl", "sweep", {}) as sweep:
+        sweep.append({"a": 1}, {})
     with pytest.raises(PromptlabError, match="holds 'sweep' rows, not 'demo-search'"):
-        ResultsFile(tmp_path / "x.jsonl", "sweep", {}).append({"a": 1}, {}) and ResultsFile(
-            tmp_path / "x.jsonl", "demo-search", {}
-        )
+        ResultsFile(tmp_path / "x.jsonl", "demo-search", {})
 
 
 # --------------------------------------------------------------------------- demonstration search
@@ -491,3 +499,87 @@ def test_cli_sweep_search_report_and_eval_with_best_of(tiny_llama, data_dir, tmp
     cfg.write_text(f'models = ["{model_dir}"]\n[[grid]]\ntemplates = ["prompteol"]\nlayers = [40]\n')
     assert main(["sweep", str(cfg), "--output", str(tmp_path / "bad.jsonl"), "--data-dir", data_dir]) == 2
     assert "layer 40 is out of range" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- one run per output
+
+
+def test_a_second_holder_of_an_output_is_refused_until_the_first_closes(tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    first = ResultsFile(out, "sweep", {"seed": 0})
+    with pytest.raises(PromptlabError, match=r"sweep.jsonl is being written by another run \(pid \d+ on "):
+        ResultsFile(out, "sweep", {"seed": 0})
+    first.append({"layer": 1}, {"score": 1.0})
+    first.close()
+    with ResultsFile(out, "sweep", {"seed": 0}) as second:  # free again
+        assert second.done({"layer": 1})["score"] == 1.0
+    # A refused resume (other settings) releases the lock it took.
+    with pytest.raises(PromptlabError, match="different configuration"):
+        ResultsFile(out, "sweep", {"seed": 1})
+    ResultsFile(out, "sweep", {"seed": 0}).close()
+
+
+def test_two_processes_sweeping_into_one_output_do_the_work_once(
+    tiny_llama, tiny_llama_dir, data_dir, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    out = tmp_path / "sweep.jsonl"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from promptlab.experiments.results import ResultsFile; "
+            f"r = ResultsFile({str(out)!r}, 'sweep', {{}}); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = tmp_path / "sweep.toml"
+        cfg.write_text(
+            f'models = ["{tiny_llama_dir}"]\ndtypes = ["float32"]\n[[grid]]\ntemplates = ["prompteol"]\n'
+        )
+        argv = ["sweep", str(cfg), "--output", str(out), "--data-dir", data_dir]
+        assert main(argv) == 2  # refused before any model loads or any row is scored
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(
+            f"promptlab: error: {out} is being written by another run (pid {holder.pid} on "
+        )
+        assert line.endswith("wait for it to finish, or write to another output.")
+        counting = Counting(tiny_llama)
+        with pytest.raises(PromptlabError, match=rf"being written by another run \(pid {holder.pid} on .*-c"):
+            run_sweep(
+                config(data_dir, [{"templates": ["prompteol"]}]),
+                out,
+                loader=counting.load,
+                layer_count=lambda m: 3,
+                log=print,
+            )
+        assert counting.forwards == 0 and not out.exists()
+    finally:
+        holder.communicate("")  # the holder exits, and its lock goes with it
+    assert holder.returncode == 0
+    counting = Counting(tiny_llama)
+    cfg_ = config(data_dir, [{"templates": ["prompteol"], "layers": [1, -1]}])
+    run_sweep(cfg_, out, loader=counting.load, layer_count=lambda m: 3, log=lambda m: None)
+    run_sweep(cfg_, out, loader=counting.load, layer_count=lambda m: 3, log=lambda m: None)  # all done
+    keys = [json.dumps(r["key"], sort_keys=True) for r in read_rows(out)]
+    assert len(keys) == 2 == len(set(keys)) and counting.calls == 1
+
+
+def test_a_search_into_an_output_in_use_is_refused_before_any_work(tiny_llama, data_dir, tmp_path):
+    out = tmp_path / "search.jsonl"
+    counting = Counting(tiny_llama)
+    with ResultsFile(out, "demo-search", {}):  # another run holds the output
+        with pytest.raises(PromptlabError, match="search.jsonl is being written by another run"):
+            run_search("tiny", POOL, out, dtype="float32", backend=counting.backend, log=lambda m: None)
+    assert counting.forwards == 0
+    rows = run_search(
+        "tiny", POOL, out, dtype="float32", backend=counting.backend, benchmark=Benchmark(data_dir=data_dir),
+        log=lambda m: None,
+    )  # fmt: skip
+    assert len(rows) == 4 == len(read_rows(out))

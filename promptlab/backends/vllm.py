@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from promptlab.backends import load_failed, model_info
+from promptlab.backends import check_device, load_failed, model_info
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.tokenization import TokenBatch
@@ -45,6 +45,7 @@ class VllmBackend:
         self.num_layers = int(text_config.num_hidden_layers)
         self.hidden_size = int(text_config.hidden_size)
         self.max_model_len = int(getattr(text_config, "max_position_embeddings", 0) or 4096)
+        self.max_positions = self.max_model_len
         self.dtype = dtype
         self.info = dict(info)
         self.engine = engine  # extra keyword arguments for `vllm.LLM`
@@ -74,7 +75,7 @@ class VllmBackend:
         from promptlab.models import resolve_model
 
         resolved = resolve_model(model) if isinstance(model, str) else model
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = check_device(device)
         if device == "cpu":
             # Without these vLLM's CPU build reserves most of the RAM for its KV cache and forks a worker.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from promptlab.evaluation.data import ENV_VAR, STSPairs, load_task, resolve_data_dir, sts_dev, subset_pairs
 from promptlab.evaluation.results import EvalResult, format_table
-from promptlab.evaluation.runner import evaluate
+from promptlab.evaluation.runner import Suite, evaluate, load_suite
 from promptlab.evaluation.scoring import TaskScore, cosine_pairs, score_encoder, score_pairs, spearman100
 from promptlab.evaluation.tasks import TASKS, canonical_task
 
@@ -23,11 +23,13 @@ __all__ = [
     "TASKS",
     "EvalResult",
     "STSPairs",
+    "Suite",
     "TaskScore",
     "canonical_task",
     "cosine_pairs",
     "evaluate",
     "format_table",
+    "load_suite",
     "load_task",
     "resolve_data_dir",
     "score_encoder",

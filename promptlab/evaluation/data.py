@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from promptlab.errors import PromptlabError
-from promptlab.evaluation.tasks import TaskSpec, check_split, get_spec
+from promptlab.evaluation.tasks import RELEASE_PAIRS, TaskSpec, check_split, get_spec
 
 ENV_VAR = "PROMPTLAB_DATA"
 SOURCES = ("senteval", "hub")
 _FOLDER = "SentEval data folder (the one holding downstream/STS and downstream/SICK)"
 _HOW = f"point --data-dir (or {ENV_VAR}) at a {_FOLDER}"
+_REPLACE = "replace it with an unchanged copy from the SentEval download"
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,13 +70,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     Accepts the folder that holds `downstream/` (SentEval's `data/`), the `downstream/` folder itself, or
     a SentEval checkout (which keeps its data in `data/`).
     """
-    origin = "data_dir"
+    origin = "--data-dir / data_dir"
     if data_dir is None or str(data_dir) == "":
         data_dir, origin = os.environ.get(ENV_VAR, ""), ENV_VAR
         if not data_dir:
             raise PromptlabError(
-                f"no STS data folder given: pass --data-dir (data_dir=...) or set {ENV_VAR} to a {_FOLDER}, "
-                "or load the Hugging Face Hub copies with source='hub' (needs internet)."
+                f"no STS data folder given: pass data_dir=... or set {ENV_VAR} to a {_FOLDER}, "
+                "or load the Hugging Face Hub copies with source='hub' (needs internet).",
+                cli=f"no STS data folder given: pass --data-dir DIR or set {ENV_VAR} to a {_FOLDER}, "
+                "or load the Hugging Face Hub copies with --source hub (needs internet).",
             )
     path = Path(data_dir).expanduser()
     if not path.is_dir():
@@ -142,6 +145,13 @@ def _parse(kind: str, path: str, mtime_ns: int, size: int) -> tuple[tuple, str]:
     """Parse one file into immutable rows; cached by (kind, path, mtime, size). Returns (rows, sha256)."""
     del mtime_ns, size  # only part of the cache key
     text, digest = _read_text(path)
+    if not text.strip():
+        raise PromptlabError(f"{path} is empty; {_REPLACE}.")
+    if not text.endswith("\n"):  # every file of the release ends with a newline
+        raise PromptlabError(
+            f"{path} ends in the middle of a line (its last line has no newline), so the file looks "
+            f"truncated; {_REPLACE}."
+        )
     rows: list = []
     if kind == "sts-input":  # rows: (sentence1, sentence2)
         for i, line in enumerate(text.splitlines(), 1):
@@ -157,7 +167,24 @@ def _parse(kind: str, path: str, mtime_ns: int, size: int) -> tuple[tuple, str]:
                 continue
             fields = _fields(line, max(a, b, s) + 1, path, i)
             rows.append((_norm(fields[a]), _norm(fields[b]), _score(fields[s], path, i)))
+        if not rows:
+            raise PromptlabError(f"{path} holds no sentence pairs; {_REPLACE}.")
     return tuple(rows), digest
+
+
+def _check_release(label: str, path: Path, rows: tuple) -> None:
+    """A file identified (by its first pair) as one of SentEval's release must hold all its pairs."""
+    known = RELEASE_PAIRS.get(label)
+    if known is None or not rows:
+        return
+    count, first = known
+    if hashlib.sha256("\t".join(map(str, rows[0])).encode()).hexdigest()[:16] != first:
+        return  # not the release's file (a different or hand-made copy): nothing to compare with
+    if len(rows) != count:
+        raise PromptlabError(
+            f"{path} has {len(rows):,} sentence pairs but SentEval's release of this file has {count:,}, "
+            f"so the file is truncated or altered; {_REPLACE}."
+        )
 
 
 def _load_senteval(spec: TaskSpec, split: str, root: Path) -> Loaded:
@@ -166,7 +193,9 @@ def _load_senteval(spec: TaskSpec, split: str, root: Path) -> Loaded:
 
     def parse(kind: str, name: str) -> tuple:
         rows, digest = _parse(kind, *_stat(folder / name))
-        digests[f"{spec.folder}/{name}"] = digest
+        label = f"{spec.folder}/{name}"
+        _check_release(label, folder / name, rows)
+        digests[label] = digest
         return rows
 
     if spec.kind == "sts":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,9 +18,52 @@ from promptlab.evaluation.tasks import SPECS, TASKS, canonical_task
 Encode = Callable[[list[str]], np.ndarray]
 
 
+@dataclass(frozen=True)
+class Suite:
+    """Loaded, checked STS data for an evaluation: the tasks, their pairs, and every unique sentence."""
+
+    names: list[str]
+    loaded: list  # one `load_with_digests` result per name
+    sentences: dict[str, int]  # sentence -> row in the encoder's output (first-seen order)
+    split: str
+    source: str
+    data_dir: str | None
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(p) for ld in self.loaded for p in ld.pairs)
+
+
+def load_suite(
+    tasks: Iterable[str] | str | None = None,
+    *,
+    data_dir=None,
+    split: str = "test",
+    source: str = "senteval",
+) -> Suite:
+    """Resolve task names and load their data, with every check that needs no model (names, files, rows).
+
+    Callers that load a model run this first, so a wrong task name or data folder fails in a second, not
+    after the model has loaded. `tasks=None` means every task that has `split`: all seven for "test",
+    STS-B and SICK-R for "dev" (model selection) and "train".
+    """
+    if tasks is None:
+        tasks = [t for t in TASKS if split in SPECS[t].available_splits(source)]
+    names = list(dict.fromkeys(canonical_task(t) for t in ([tasks] if isinstance(tasks, str) else tasks)))
+    if not names:
+        raise PromptlabError(f"no tasks given; choose from {', '.join(TASKS)}.")
+    loaded = [load_with_digests(t, data_dir=data_dir, split=split, source=source) for t in names]
+    sentences: dict[str, int] = {}
+    for pairs in (p for ld in loaded for p in ld.pairs):
+        for s in (*pairs.sentences1, *pairs.sentences2):
+            sentences.setdefault(s, len(sentences))
+    where = str(resolve_data_dir(data_dir)) if source == "senteval" else None
+    return Suite(names, loaded, sentences, split, source, where)
+
+
 def evaluate(
     encode: Encode,
-    tasks: Iterable[str] | str | None = None,
+    tasks: Iterable[str] | str | Suite | None = None,
     *,
     data_dir=None,
     split: str = "test",
@@ -33,24 +77,19 @@ def evaluate(
     batch and report one throughput figure. `progress` prints a status line before and after encoding
     to stderr (the encoder draws its own progress bar).
 
-    `tasks=None` means every task that has `split`: all seven for "test", STS-B and SICK-R for "dev"
-    (model selection) and "train".
+    `tasks` is a list of names (None: every task that has `split`, see `load_suite`) or a `Suite` that
+    `load_suite` already loaded (then `data_dir`, `split` and `source` come from it).
     """
-    if tasks is None:
-        tasks = [t for t in TASKS if split in SPECS[t].available_splits(source)]
-    names = list(dict.fromkeys(canonical_task(t) for t in ([tasks] if isinstance(tasks, str) else tasks)))
-    if not names:
-        raise PromptlabError(f"no tasks given; choose from {', '.join(TASKS)}.")
-    loaded = [load_with_digests(t, data_dir=data_dir, split=split, source=source) for t in names]
-
-    sentences: dict[str, int] = {}  # sentence -> row in the encoder's output
-    for pairs in (p for ld in loaded for p in ld.pairs):
-        for s in (*pairs.sentences1, *pairs.sentences2):
-            sentences.setdefault(s, len(sentences))
-    n_pairs = sum(len(p) for ld in loaded for p in ld.pairs)
+    suite = (
+        tasks
+        if isinstance(tasks, Suite)
+        else load_suite(tasks, data_dir=data_dir, split=split, source=source)
+    )
+    names, loaded, sentences = suite.names, suite.loaded, suite.sentences
+    n_pairs = suite.n_pairs
     if progress:
         print(
-            f"STS {split}: {n_pairs} pairs, {len(sentences)} unique sentences ({', '.join(names)})",
+            f"STS {suite.split}: {n_pairs} pairs, {len(sentences)} unique sentences ({', '.join(names)})",
             file=sys.stderr,
         )
 
@@ -78,9 +117,9 @@ def evaluate(
         details=scores,
         average=float(np.mean(values)),
         partial=set(names) != set(TASKS),
-        split=split,
-        source=source,
-        data_dir=str(resolve_data_dir(data_dir)) if source == "senteval" else None,
+        split=suite.split,
+        source=suite.source,
+        data_dir=suite.data_dir,
         data_fingerprint=fingerprint(digests),
         n_pairs=n_pairs,
         n_sentences=len(sentences),

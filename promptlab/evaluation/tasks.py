@@ -104,6 +104,43 @@ _SPECS = (
 SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 TASKS: tuple[str, ...] = tuple(SPECS)
 
+# The pair count of each file in SentEval's release (path relative to the data root), and a short sha256
+# of its first pair (the fields of its first row, tab-joined) that identifies the file even when its end
+# is missing. A file whose first pair matches must hold exactly this many pairs: fewer means a truncated
+# download. STS12-16 gold files hold one line per input line; that is checked against the input file.
+RELEASE_PAIRS: dict[str, tuple[int, str]] = {
+    "downstream/STS/STS12-en-test/STS.input.MSRpar.txt": (750, "6f879cf48fd7a19d"),
+    "downstream/STS/STS12-en-test/STS.input.MSRvid.txt": (750, "201d3e7b651878ab"),
+    "downstream/STS/STS12-en-test/STS.input.SMTeuroparl.txt": (459, "a0f226fb9c23e721"),
+    "downstream/STS/STS12-en-test/STS.input.surprise.OnWN.txt": (750, "ce7307500ba18cb8"),
+    "downstream/STS/STS12-en-test/STS.input.surprise.SMTnews.txt": (399, "a4167bc569d08150"),
+    "downstream/STS/STS13-en-test/STS.input.FNWN.txt": (189, "b30f1e87b304433e"),
+    "downstream/STS/STS13-en-test/STS.input.headlines.txt": (750, "22b140bc6ac334b8"),
+    "downstream/STS/STS13-en-test/STS.input.OnWN.txt": (561, "8461a4b242bca843"),
+    "downstream/STS/STS14-en-test/STS.input.deft-forum.txt": (450, "ac2530034a00eaf3"),
+    "downstream/STS/STS14-en-test/STS.input.deft-news.txt": (300, "82f2784003067198"),
+    "downstream/STS/STS14-en-test/STS.input.headlines.txt": (750, "6272864789481313"),
+    "downstream/STS/STS14-en-test/STS.input.images.txt": (750, "e51547f720c51145"),
+    "downstream/STS/STS14-en-test/STS.input.OnWN.txt": (750, "041b334c1f10636c"),
+    "downstream/STS/STS14-en-test/STS.input.tweet-news.txt": (750, "15d15c9e354f3e53"),
+    "downstream/STS/STS15-en-test/STS.input.answers-forums.txt": (2000, "fdbb1dd6e00b5266"),
+    "downstream/STS/STS15-en-test/STS.input.answers-students.txt": (1500, "a19ea7d066c0a09a"),
+    "downstream/STS/STS15-en-test/STS.input.belief.txt": (2000, "8d304f14b190ce55"),
+    "downstream/STS/STS15-en-test/STS.input.headlines.txt": (1500, "e5a0f5235c08dba5"),
+    "downstream/STS/STS15-en-test/STS.input.images.txt": (1500, "ef11e35919c257bd"),
+    "downstream/STS/STS16-en-test/STS.input.answer-answer.txt": (1572, "4b1c1f7526844029"),
+    "downstream/STS/STS16-en-test/STS.input.headlines.txt": (1498, "93b4fc42f11ff48a"),
+    "downstream/STS/STS16-en-test/STS.input.plagiarism.txt": (1271, "cfad367e62f3cb7d"),
+    "downstream/STS/STS16-en-test/STS.input.postediting.txt": (3287, "fe990788ad44734e"),
+    "downstream/STS/STS16-en-test/STS.input.question-question.txt": (1555, "e697b502c6a41a96"),
+    "downstream/STS/STSBenchmark/sts-train.csv": (5749, "82bed40072976577"),
+    "downstream/STS/STSBenchmark/sts-dev.csv": (1500, "1da798ca51e159d6"),
+    "downstream/STS/STSBenchmark/sts-test.csv": (1379, "06040afe547c5329"),
+    "downstream/SICK/SICK_train.txt": (4500, "fee82d72ae4a1865"),
+    "downstream/SICK/SICK_trial.txt": (500, "2617dc1c72fd1eb3"),
+    "downstream/SICK/SICK_test_annotated.txt": (4927, "ba77bd8dc2db1ca3"),
+}
+
 
 def _key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())

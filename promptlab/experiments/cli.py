@@ -7,7 +7,7 @@ import sys
 import time
 
 # promptlab.cli imports this module only in make_parser, so this import is not circular.
-from promptlab.cli import add_batch_args, add_dtype_arg
+from promptlab.cli import add_batch_args, add_dtype_arg, max_length_arg
 
 
 def _log(message: str) -> None:
@@ -53,7 +53,9 @@ def make_search_parser(sub) -> None:
         "--pool", default="all", help="all | a shipped file name (definitions, ...) | a .jsonl path"
     )
     p.add_argument("--template", default="prompteol", help="a next_token (or mask) template")
-    p.add_argument("--layer", type=int, default=-1)
+    p.add_argument(
+        "--layer", type=int, default=-1, help="hidden-state layer to read; -1 is the last, 0 the embeddings"
+    )
     add_dtype_arg(p)
     p.add_argument(
         "--dev-pairs", type=int, default=None, help="a seeded subset of STS-B dev (default: all 1500)"
@@ -62,7 +64,12 @@ def make_search_parser(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="print the k best")
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
     add_batch_args(p)
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument(
+        "--max-length",
+        type=max_length_arg,
+        default=None,
+        help="token budget per prompt, cut inside the sentence slot (default: the model's own limit)",
+    )
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     p.set_defaults(handler=search_command)
 

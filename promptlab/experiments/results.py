@@ -9,6 +9,10 @@ Each row is written with one ``os.write`` on an ``O_APPEND`` descriptor and then
 interruption (Ctrl-C, a crash) loses at most the row being computed, never a finished one. A last line
 cut short by a hard kill is ignored by readers (with a warning) and cut off when the file is reopened to
 resume.
+
+One run writes a results file at a time: opening it takes an exclusive lock on a sidecar file beside it
+(``.NAME.lock``, which records who holds it), and a second run on the same output is refused, naming the
+first, instead of doing the same work again and appending duplicate rows. The lock goes with the process.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -23,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.errors import PromptlabError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 
 def config_hash(fixed: dict[str, Any]) -> str:
@@ -65,8 +76,54 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def lock_path(path: str | Path) -> Path:
+    """The sidecar lock file of results file ``path``: ``.NAME.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def lock_output(path: str | Path):
+    """Take the exclusive lock on results file ``path`` (non-blocking); returns the open lock file.
+
+    Raises PromptlabError naming the run that holds it. Closing the returned file (or the process ending)
+    releases the lock.
+    """
+    if fcntl is None:
+        return None
+    path = Path(path)
+    try:
+        handle = open(lock_path(path), "a+", encoding="utf-8")  # held until close()
+    except OSError as err:
+        raise PromptlabError(
+            f"cannot create the lock file {lock_path(path)} ({err.strerror}); write to a folder you can write."
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "details unknown"
+        handle.close()
+        raise PromptlabError(
+            f"{path} is being written by another run ({holder}); wait for it to finish, or write to another "
+            "output."
+        ) from None
+    command = " ".join(sys.argv)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+        f"{command if len(command) <= 200 else command[:197] + '...'}\n"
+    )
+    handle.flush()
+    return handle
+
+
 class ResultsFile:
-    """A results file opened for one experiment: resume checks, done keys, durable appends."""
+    """A results file opened for one experiment: resume checks, done keys, durable appends.
+
+    Opening it locks the output against other runs (`lock_output`) until `close` (or the ``with`` block
+    ends, or the process exits).
+    """
 
     def __init__(self, path: str | Path, kind: str, fixed: dict[str, Any]):
         self.path = Path(path)
@@ -78,11 +135,28 @@ class ResultsFile:
                 f"folder {self.path.parent} does not exist; create it or choose another output."
             )
         self.rows: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            _cut_torn_tail(self.path)
-            for row in read_rows(self.path):
-                self._check(row)
-                self.rows[key_string(row["key"])] = row
+        self._lock = lock_output(self.path)  # before reading: the rows read stay the rows on disk
+        try:
+            if self.path.exists():
+                _cut_torn_tail(self.path)
+                for row in read_rows(self.path):
+                    self._check(row)
+                    self.rows[key_string(row["key"])] = row
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output's lock (the rows stay readable)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check(self, row: dict[str, Any]) -> None:
         if row.get("kind") != self.kind:

@@ -68,67 +68,68 @@ def run_search(
         "max_length": max_length,
     }
     results = ResultsFile(output, KIND, fixed)
-    for demo in pool:
-        row = results.done({"demonstration": demo.id})
-        if row is not None and row.get("demonstration") != demo.to_dict():
-            raise PromptlabError(
-                f"{output}: candidate {demo.id!r} was scored with another sentence or word than the pool has "
-                "now; write to another output."
-            )
-    todo = [None, *pool]
-    todo = [d for d in todo if results.done({"demonstration": d.id if d else BASELINE}) is None]
-    log(
-        f"demonstration search: {len(pool)} candidates{f' from {pool_name}' if pool_name else ''} + baseline;"
-        f" {len(pool) + 1 - len(todo)} done, {len(todo)} to do; {benchmark.label()};"
-        f" {base.name}, layer {layer}"
-    )
-    if todo:
-        if backend is None:
-            from promptlab.backends import load_backend
-
-            backend = load_backend("transformers", model, dtype=dtype)
-        digest = backend.describe().get("model_file_sha256")
-        stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
-        if digest and stored and stored != {digest}:
-            raise PromptlabError(
-                f"{output}: rows were computed from other weights of {model}; use another output."
-            )
-    for number, demo in enumerate(todo, start=1):
-        embedder = Embedder(
-            backend,
-            base,
-            layer=layer,
-            batch_size=batch_size,
-            batch_tokens=batch_tokens,
-            max_length=max_length,
-            demonstration=demo,
-        )
-        index = embedder.layer_index
-        records, seconds = benchmark.score_layers(embedder, [index], progress=progress)
-        record = records[index]
-        results.append(
-            {"demonstration": demo.id if demo else BASELINE},
-            {
-                "demonstration": demo.to_dict() if demo else None,
-                "baseline": demo is None,
-                "score": record["average"],
-                "scores": record["scores"],
-                "config": {
-                    **embedder.describe(),
-                    "batch_size": embedder.batch_size,
-                    "batch_tokens": embedder.batch_tokens,
-                },
-                "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
-                "seconds": seconds,
-            },
-        )
-        name = demo.id if demo else "(no demonstration)"
-        score = record["average"]
+    with results:  # the output stays locked against other runs until the search ends
+        for demo in pool:
+            row = results.done({"demonstration": demo.id})
+            if row is not None and row.get("demonstration") != demo.to_dict():
+                raise PromptlabError(
+                    f"{output}: candidate {demo.id!r} was scored with another sentence or word than the pool has "
+                    "now; write to another output."
+                )
+        todo = [None, *pool]
+        todo = [d for d in todo if results.done({"demonstration": d.id if d else BASELINE}) is None]
         log(
-            f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} ({seconds:.1f} s)"
+            f"demonstration search: {len(pool)} candidates{f' from {pool_name}' if pool_name else ''} + baseline;"
+            f" {len(pool) + 1 - len(todo)} done, {len(todo)} to do; {benchmark.label()};"
+            f" {base.name}, layer {layer}"
         )
-    rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
-    return sorted(rows, key=lambda r: -_num(r.get("score")))
+        if todo:
+            if backend is None:
+                from promptlab.backends import load_backend
+
+                backend = load_backend("transformers", model, dtype=dtype)
+            digest = backend.describe().get("model_file_sha256")
+            stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
+            if digest and stored and stored != {digest}:
+                raise PromptlabError(
+                    f"{output}: rows were computed from other weights of {model}; use another output."
+                )
+        for number, demo in enumerate(todo, start=1):
+            embedder = Embedder(
+                backend,
+                base,
+                layer=layer,
+                batch_size=batch_size,
+                batch_tokens=batch_tokens,
+                max_length=max_length,
+                demonstration=demo,
+            )
+            index = embedder.layer_index
+            records, seconds = benchmark.score_layers(embedder, [index], progress=progress)
+            record = records[index]
+            results.append(
+                {"demonstration": demo.id if demo else BASELINE},
+                {
+                    "demonstration": demo.to_dict() if demo else None,
+                    "baseline": demo is None,
+                    "score": record["average"],
+                    "scores": record["scores"],
+                    "config": {
+                        **embedder.describe(),
+                        "batch_size": embedder.batch_size,
+                        "batch_tokens": embedder.batch_tokens,
+                    },
+                    "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
+                    "seconds": seconds,
+                },
+            )
+            name = demo.id if demo else "(no demonstration)"
+            score = record["average"]
+            log(
+                f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} ({seconds:.1f} s)"
+            )
+        rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
+        return sorted(rows, key=lambda r: -_num(r.get("score")))
 
 
 def _num(value) -> float:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.backends import DTYPE_NAMES, resolve_dtype
+from promptlab.config_types import as_toml, check_type, is_type
 from promptlab.errors import PromptlabError
 from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
@@ -76,12 +77,19 @@ class SweepConfig:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
+        except UnicodeDecodeError as err:
+            raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
         return cls.from_dict(raw, where=str(path), data_dir=data_dir)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "sweep config", data_dir: str | None = None):
         _no_unknown(raw, _TOP_KEYS | _GRID_KEYS, where)
-        grids_raw = list(raw.get("grid", []))
+        grids_raw = raw.get("grid", [])
+        if not isinstance(grids_raw, list):
+            raise PromptlabError(
+                f"{where}: write each grid as a [[grid]] table, not grid = {as_toml(grids_raw)}."
+            )
+        grids_raw = list(grids_raw)
         if any(k in raw for k in _GRID_KEYS):  # a single grid written at the top level
             grids_raw.append({k: raw[k] for k in _GRID_KEYS if k in raw})
         if not grids_raw:
@@ -94,9 +102,9 @@ class SweepConfig:
             layers = g.get("layers", [-1])
             if layers == "all":
                 layers = None
-            elif not isinstance(layers, list) or not all(isinstance(x, int) for x in layers) or not layers:
+            elif not layers or not is_type(layers, "list[int]"):  # `true` is no layer, though bool is an int
                 raise PromptlabError(
-                    f'{where} grid {i}: layers must be "all" or a list of integers, not {layers!r}.'
+                    f'{where} grid {i}: layers must be "all" or a list of integers, not {as_toml(layers)}.'
                 )
             grids.append(
                 Grid(
@@ -110,11 +118,13 @@ class SweepConfig:
         tasks = data.get("tasks", ["STSBenchmark"])
         benchmark = Benchmark(
             tasks=("all",) if tasks == "all" else tuple(_strings(tasks, f"{where} [data] tasks")),
-            split=data.get("split", "dev"),
-            dev_pairs=data.get("dev_pairs"),
-            seed=data.get("seed", 0),
+            split=check_type(data.get("split", "dev"), "str", f"{where} [data] split", example="dev"),
+            dev_pairs=_positive(data.get("dev_pairs"), f"{where} [data] dev_pairs", 500),
+            seed=check_type(data.get("seed", 0), "int", f"{where} [data] seed", example=0),
             data_dir=data_dir,
         )
+        for key in ("name", "description"):
+            check_type(raw.get(key, ""), "str", f"{where}: {key}")
         if "models" not in raw:
             raise PromptlabError(f'{where}: missing models = [...] (e.g. ["smollm2-135m"]).')
         return cls(
@@ -122,9 +132,9 @@ class SweepConfig:
             grids=tuple(grids),
             dtypes=_strings(raw.get("dtypes", ["bfloat16"]), f"{where} dtypes"),
             benchmark=benchmark,
-            batch_size=int(raw["batch_size"]) if raw.get("batch_size") is not None else None,
+            batch_size=_positive(raw.get("batch_size"), f"{where}: batch_size", 64),
             batch_tokens=_batch_tokens(raw.get("batch_tokens", "auto"), where),
-            max_length=raw.get("max_length"),
+            max_length=_positive(raw.get("max_length"), f"{where}: max_length", 512),
             name=raw.get("name", ""),
             path=where,
         )
@@ -269,74 +279,75 @@ def run_sweep(
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     jobs = plan(config, layer_count=layer_count)
     results = ResultsFile(output, "sweep", config.fixed())
-    pending = []
-    for job in jobs:
-        identity = _identity(job.template, job.demonstration)
-        todo = []
-        for layer in job.layers:
-            row = results.done(row_key(job.model, job.dtype, job.template_name, job.demo_id, layer))
-            if row is None:
-                todo.append(layer)
-            elif row.get("identity") != identity:
-                raise PromptlabError(
-                    f"{output}: the finished row for {job.template_name} / {job.demo_id} was made with "
-                    "another "
-                    "template or demonstration text than the registry holds now; write to another output."
-                )
-        if todo:
-            pending.append((job, tuple(todo), identity))
-    n_rows = sum(len(t) for _, t, _ in pending)
-    log(
-        f"sweep {config.name or config.path}: {len(jobs)} forward pass(es) planned, {len(results.rows)} rows "
-        f"already done, {n_rows} rows to do, on {config.benchmark.label()}"
-    )
-    loader = loader or _load
-    backends: dict[tuple[str, str], Any] = {}
-    for job, layers, identity in pending:
-        backend_key = (job.model, job.dtype)
-        if backend_key not in backends:
-            backends.clear()  # one model in memory at a time
-            backends[backend_key] = loader(job.model, job.dtype)
-            _check_same_weights(results, job.model, backends[backend_key], output)
-        embedder = Embedder(
-            backends[backend_key],
-            job.template,
-            layer=layers[0],
-            batch_size=config.batch_size,
-            batch_tokens=config.batch_tokens,
-            max_length=config.max_length,
-            demonstration=job.demonstration,
-        )
-        records, seconds = config.benchmark.score_layers(embedder, list(layers), progress=progress)
-        described = embedder.describe()
-        for layer in layers:
-            record = records[layer]
-            results.append(
-                row_key(job.model, job.dtype, job.template_name, job.demo_id, layer),
-                {
-                    "score": record["average"],
-                    "scores": record["scores"],
-                    "identity": identity,
-                    "config": {
-                        **described,
-                        "template": job.template_name,
-                        "layer": layer,
-                        "layer_index": layer,
-                        "batch_size": embedder.batch_size,
-                        "batch_tokens": embedder.batch_tokens,
-                    },
-                    "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
-                    "details": record.get("details"),
-                    "forward_seconds": seconds,
-                    "layers_in_forward": len(layers),
-                },
-            )
-        best = max(layers, key=lambda layer: _num(records[layer]["average"]))
+    with results:  # the output stays locked against other runs until the sweep ends
+        pending = []
+        for job in jobs:
+            identity = _identity(job.template, job.demonstration)
+            todo = []
+            for layer in job.layers:
+                row = results.done(row_key(job.model, job.dtype, job.template_name, job.demo_id, layer))
+                if row is None:
+                    todo.append(layer)
+                elif row.get("identity") != identity:
+                    raise PromptlabError(
+                        f"{output}: the finished row for {job.template_name} / {job.demo_id} was made with "
+                        "another "
+                        "template or demonstration text than the registry holds now; write to another output."
+                    )
+            if todo:
+                pending.append((job, tuple(todo), identity))
+        n_rows = sum(len(t) for _, t, _ in pending)
         log(
-            f"  {job.model} {job.dtype} {job.template_name} demo={job.demo_id}: {len(layers)} layer(s) in "
-            f"{seconds:.1f} s; best layer {best}: {_num(records[best]['average']):.2f}"
+            f"sweep {config.name or config.path}: {len(jobs)} forward pass(es) planned, {len(results.rows)} rows "
+            f"already done, {n_rows} rows to do, on {config.benchmark.label()}"
         )
-    return list(results)
+        loader = loader or _load
+        backends: dict[tuple[str, str], Any] = {}
+        for job, layers, identity in pending:
+            backend_key = (job.model, job.dtype)
+            if backend_key not in backends:
+                backends.clear()  # one model in memory at a time
+                backends[backend_key] = loader(job.model, job.dtype)
+                _check_same_weights(results, job.model, backends[backend_key], output)
+            embedder = Embedder(
+                backends[backend_key],
+                job.template,
+                layer=layers[0],
+                batch_size=config.batch_size,
+                batch_tokens=config.batch_tokens,
+                max_length=config.max_length,
+                demonstration=job.demonstration,
+            )
+            records, seconds = config.benchmark.score_layers(embedder, list(layers), progress=progress)
+            described = embedder.describe()
+            for layer in layers:
+                record = records[layer]
+                results.append(
+                    row_key(job.model, job.dtype, job.template_name, job.demo_id, layer),
+                    {
+                        "score": record["average"],
+                        "scores": record["scores"],
+                        "identity": identity,
+                        "config": {
+                            **described,
+                            "template": job.template_name,
+                            "layer": layer,
+                            "layer_index": layer,
+                            "batch_size": embedder.batch_size,
+                            "batch_tokens": embedder.batch_tokens,
+                        },
+                        "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
+                        "details": record.get("details"),
+                        "forward_seconds": seconds,
+                        "layers_in_forward": len(layers),
+                    },
+                )
+            best = max(layers, key=lambda layer: _num(records[layer]["average"]))
+            log(
+                f"  {job.model} {job.dtype} {job.template_name} demo={job.demo_id}: {len(layers)} layer(s) in "
+                f"{seconds:.1f} s; best layer {best}: {_num(records[best]['average']):.2f}"
+            )
+        return list(results)
 
 
 def _num(value) -> float:
@@ -358,6 +369,13 @@ def _check_same_weights(results: ResultsFile, model: str, backend, output) -> No
                 f"{output}: rows for {model} were computed from other weights (sha256 {theirs[:12]}…, now "
                 f"{digest[:12]}…); write to another output."
             )
+
+
+def _positive(value, where: str, example: int) -> int | None:
+    """An optional positive whole number of a sweep config (``true`` and ``2.5`` are refused)."""
+    if check_type(value, "int | None", where, example=example) is not None and value < 1:
+        raise PromptlabError(f"{where} = {value} must be positive (e.g. {example}), or left out.")
+    return value
 
 
 def _strings(value, where: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptlab.config_types import check_type
 from promptlab.errors import PromptlabError, did_you_mean
 
 OBJECTIVES = ("supervised", "dropout", "two_template")
@@ -129,6 +130,11 @@ class FinetuneConfig:
             if not ok:
                 raise PromptlabError(f"finetune config: {message}")
 
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        for f in dataclasses.fields(self):
+            default = None if f.default is dataclasses.MISSING else f.default
+            check_type(getattr(self, f.name), f.type, f"finetune config: {f.name}", example=default)
         need(bool(self.model), 'set `model` (e.g. model = "smollm2-135m").')
         need(bool(self.output_dir), "set `output_dir` (a folder for the adapter and checkpoints).")
         for name, value, choices in (
@@ -138,8 +144,6 @@ class FinetuneConfig:
             ("schedule", self.schedule, SCHEDULES),
         ):
             need(value in choices, f"{name} = {value!r} is not one of {', '.join(choices)}.")
-        if isinstance(self.data, str):
-            self.data = [self.data]
         need(bool(self.data), '`data` is empty; list sources, e.g. data = ["sick-train", "stsb-train"].')
         if self.objective == "two_template":
             need(
@@ -161,6 +165,10 @@ class FinetuneConfig:
         need(self.batch_size >= 2, f"batch_size = {self.batch_size}: in-batch negatives need at least 2.")
         need(self.temperature > 0, f"temperature = {self.temperature} must be positive (SimCSE uses 0.05).")
         need(self.lr > 0, f"lr = {self.lr} must be positive.")
+        need(
+            self.max_length is None or self.max_length > 0,
+            f"max_length = {self.max_length} must be a positive number of tokens (leave it out: the model's limit).",
+        )
         need(self.lora_r > 0, f"lora_r = {self.lora_r} must be a positive rank (e.g. 8).")
         need(self.lora_alpha > 0, f"lora_alpha = {self.lora_alpha} must be positive.")
         need(0 <= self.lora_dropout < 1, f"lora_dropout = {self.lora_dropout} must be in [0, 1).")
@@ -222,6 +230,8 @@ class FinetuneConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
+        except UnicodeDecodeError as err:
+            raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
         values.update(overrides or {})
         return cls.from_dict(values, where=str(path))
 

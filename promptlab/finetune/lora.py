@@ -230,8 +230,50 @@ def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a LoRA adapter folder (no adapter_config.json); pass the `best/` folder of a "
             "`promptlab finetune` run or another peft adapter."
         )
+    _check_adapter_files(folder)
     meta = folder / ADAPTER_META
-    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    return _read_json(meta) if meta.is_file() else {}
+
+
+_ADAPTER_FIX = (
+    "pass the `best/` folder of a `promptlab finetune` run, or a folder saved by peft's save_pretrained"
+)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PromptlabError(f"{path} is not valid JSON ({err}); {_ADAPTER_FIX}.") from None
+
+
+def _check_adapter_files(folder: Path) -> None:
+    """Refuse an adapter folder peft cannot load, naming the file at fault."""
+    config_path = folder / "adapter_config.json"
+    config = _read_json(config_path)
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise PromptlabError(
+            f"{config_path} has no peft_type, so it is no peft adapter config; {_ADAPTER_FIX}."
+        )
+    if config["peft_type"] != "LORA":
+        raise PromptlabError(
+            f"{config_path}: peft_type {config['peft_type']!r} is not 'LORA'; promptlab loads LoRA adapters only: pass a LoRA adapter folder."
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            return  # peft's older pickle format: read by peft itself
+        raise PromptlabError(f"{folder} has no adapter weights (adapter_model.safetensors); {_ADAPTER_FIX}.")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise PromptlabError(
+            f"{weights} is not a readable safetensors file ({err}); the file is damaged: copy the adapter "
+            "folder again, or train it again."
+        ) from None
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -271,7 +313,13 @@ def attach_adapter(
             f"adapter {folder} was trained at layer {meta['layer']}; reading layer {layer}.", stacklevel=3
         )
     model = backend.model
-    peft_model = peft.PeftModel.from_pretrained(model, str(folder))
+    try:
+        peft_model = peft.PeftModel.from_pretrained(model, str(folder))
+    except (KeyError, ValueError, RuntimeError) as err:  # a config peft rejects, weights of other shapes
+        raise PromptlabError(
+            f"peft cannot load the adapter in {folder} onto this model ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no details'}); {_ADAPTER_FIX} for this model."
+        ) from None
     if merge:
         model = peft_model.merge_and_unload()
     backend.model = model.eval()

@@ -9,6 +9,10 @@ Output folder::
 
 Resuming restores the adapter, the optimizer and scheduler state and every RNG, and the data order is a
 pure function of (seed, epoch), so a resumed run ends exactly where an uninterrupted one does.
+
+``trainer_state.pt`` holds tensors and plain data only (numbers, strings, lists, dicts) and is read with
+``torch.load(weights_only=True)``: a file that holds any other object is refused, never unpickled, so a
+crafted checkpoint cannot run code on ``--resume``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from promptlab.finetune.lora import (
 from promptlab.finetune.objectives import Objective
 
 STATE = "trainer_state.pt"
+STATE_FORMAT = 2  # trainer_state.pt layout: tensors and plain data only
 
 
 @dataclass
@@ -74,6 +79,38 @@ def _has_model_dropout(model: torch.nn.Module) -> bool:
         isinstance(getattr(config, k, None), float) and getattr(config, k) > 0
         for k in ("attention_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob", "dropout")
     )
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global RNG state with its key as a tensor, so the checkpoint holds no NumPy objects."""
+    state = np.random.get_state(legacy=False)
+    key = torch.from_numpy(state["state"]["key"].astype(np.int64))
+    return {**state, "state": {**state["state"], "key": key}}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    key = state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**state, "state": {**state["state"], "key": key}})
+
+
+_STATE_KEYS = {"format", "step", "adapter", "optimizer", "scheduler", "torch_rng", "python_rng",
+               "numpy_rng", "best_dev", "best_step", "history", "loss_window"}  # fmt: skip
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.pt`` read without unpickling any object (tensors and plain data only)."""
+    refuse = (
+        f"cannot resume from {path}: it is not a trainer state this promptlab version reads (damaged, "
+        "written by an older version, or holding objects other than tensors and plain data, which are "
+        "refused, never unpickled); start afresh with --overwrite, or use another output_dir."
+    )
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # refused objects (pickle.UnpicklingError), a damaged zip, a truncated file
+        raise PromptlabError(refuse) from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or set(state) != _STATE_KEYS:
+        raise PromptlabError(refuse)
+    return state
 
 
 def _append(path: Path, record: dict) -> None:
@@ -221,13 +258,14 @@ class Trainer:
         def write(folder: Path) -> None:
             save_adapter(self.peft_model, folder, self.adapter_metadata(self.step, None))
             state = {
+                "format": STATE_FORMAT,
                 "step": self.step,
                 "adapter": adapter_weights(self.model),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),  # (version, tuple of ints, float | None)
+                "numpy_rng": _numpy_rng_state(),
                 "best_dev": self.best_dev,
                 "best_step": self.best_step,
                 "history": self.history,
@@ -243,16 +281,23 @@ class Trainer:
             raise PromptlabError(
                 f"nothing to resume: {path} does not exist; run without --resume to start afresh."
             )
-        state = torch.load(path, weights_only=False)  # our own file: holds Python RNG state tuples
-        params = dict(self.model.named_parameters())
+        state = _read_state(path)
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        adapter = state["adapter"]
+        if not isinstance(adapter, dict) or set(adapter) != set(params):
+            raise PromptlabError(
+                f"cannot resume from {path}: its adapter weights do not match this run's LoRA layers; "
+                "start afresh with --overwrite, or use another output_dir."
+            )
         with torch.no_grad():
-            for name, tensor in state["adapter"].items():
+            for name, tensor in adapter.items():
                 params[name].copy_(tensor)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        _set_numpy_rng_state(state["numpy_rng"])
         self.step = state["step"]
         self.best_dev, self.best_step = state["best_dev"], state["best_step"]
         self.history, self.loss_window = state["history"], state["loss_window"]

