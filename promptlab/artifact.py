@@ -38,6 +38,7 @@ RUNTIME_OPTIONS = (
     "cache_dir",
     "compile",
     "merge_adapter",
+    "engine_options",
 )
 # Options that change the vectors: saved, and overridable at load time only by naming them.
 OVERRIDES = (

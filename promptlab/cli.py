@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +49,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge-adapter", action="store_true", help="merge the --adapter into the base weights")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"], help="vllm: extra")
     p.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"], help="bitsandbytes")
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=None,
+        help="--backend vllm: split each layer over this many GPUs (one node)",
+    )
+    p.add_argument(
+        "--pipeline-parallel-size",
+        type=int,
+        default=None,
+        help="--backend vllm: split the layers into this many stages (GPUs or nodes)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -153,7 +167,18 @@ def build_embedder(args: argparse.Namespace):
         quantization=getattr(args, "quantization", None),
         cache_dir=_embedding_cache_dir(args),
         compile=getattr(args, "compile", False),
+        engine_options=_engine_options(args),
     )
+
+
+def _engine_options(args: argparse.Namespace) -> dict | None:
+    """``vllm.LLM`` options from ``--tensor-parallel-size`` / ``--pipeline-parallel-size`` (None: none)."""
+    sizes = (getattr(args, "tensor_parallel_size", None), getattr(args, "pipeline_parallel_size", None))
+    if sizes == (None, None):
+        return None
+    from promptlab.backends.vllm import parallel_options
+
+    return parallel_options(*sizes)
 
 
 def _saved_embedder_options(args: argparse.Namespace) -> dict:
@@ -169,6 +194,8 @@ def _saved_embedder_options(args: argparse.Namespace) -> dict:
         "cache_dir": _embedding_cache_dir(args),
         "compile": getattr(args, "compile", False),
     }
+    if _engine_options(args):
+        options["engine_options"] = _engine_options(args)
     if getattr(args, "merge_adapter", False):
         options["merge_adapter"] = True
     if args.no_normalize_input:
@@ -231,15 +258,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 # -- eval -----------------------------------------------------------------------------------------------
 def make_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="score a model + template on the STS suite (Spearman x100 of cosine)")
+    p = sub.add_parser(
+        "eval", help="score a model + template on STS (Spearman x100 of cosine) and other task types"
+    )
     _add_model_args(p)
     p.add_argument(
         "--tasks",
         default=None,
-        help="comma-separated, default all 7: STS12..STS16,STSBenchmark,SICKRelatedness",
+        help="comma-separated, default all 7 STS tasks: STS12..STS16,STSBenchmark,SICKRelatedness; also "
+        "TRECQA-rerank (MAP), SICK-pairclass (AP), STSB-retrieval (nDCG@10)",
     )
     p.add_argument(
-        "--split", default="test", choices=["test", "dev"], help="dev is STS-B/SICK dev, for selection"
+        "--split",
+        default="test",
+        choices=["test", "dev"],
+        help="dev is STS-B/SICK/TREC QA dev, for selection (TREC QA has no test split here)",
     )
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     p.add_argument(
@@ -260,11 +293,7 @@ def eval_command(args: argparse.Namespace) -> int:
     )  # None: all with the split
     # Everything that needs no model is checked first: task names, the data folder, its files and rows.
     suite = load_suite(tasks, data_dir=args.data_dir, split=args.split, source=args.source)
-    print(
-        f"STS {args.split}: {', '.join(suite.names)}: {suite.n_pairs} pairs, "
-        f"{len(suite.sentences)} unique sentences",
-        file=sys.stderr,
-    )
+    print(suite.describe(), file=sys.stderr)
     embedder = _build_and_report(args)
     started = time.time()
     result = evaluate(lambda s: embedder.encode(s, show_progress_bar=None), suite)
@@ -339,17 +368,89 @@ def make_embed_parser(sub) -> None:
     _add_model_args(p)
     p.add_argument("--input", required=True, help="sentences.txt, data.jsonl, or - for stdin (one per line)")
     p.add_argument("--field", default="text", help="the JSONL field holding the sentence")
-    p.add_argument("--output", required=True, help="vectors .npy (float32, one row per input line)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="vectors .npy (float32, one row per input line), or a folder DIR/ for resumable shards",
+    )
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="sentences per shard when --output is a folder (default 10000); implies a folder",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="embed the shards with Ray actors: a local Ray, or a cluster's host:port / ray://host:port / auto "
+        "(extra [ray])",
+    )
+    p.add_argument(
+        "--ray-actors", type=int, default=None, help="actors (default: as many as the cluster fits)"
+    )
+    p.add_argument("--ray-cpus-per-actor", type=float, default=None, help="CPUs per actor (default 1)")
+    p.add_argument(
+        "--ray-gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per actor (default: 1 where the cluster has GPUs)",
+    )
     p.set_defaults(handler=embed_command)
+
+
+def embedder_options(args: argparse.Namespace) -> dict:
+    """Keyword options that rebuild `build_embedder`'s embedder in another process
+    (`promptlab.distributed.shards.make_embedder`); folders are made absolute."""
+
+    def absolute(spec):
+        return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+    def plain(value):  # a marked default (`mark_defaults`) as the str or int it stands for
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return value
+        return str(value) if isinstance(value, str) else int(value)
+
+    if getattr(args, "embedder", None):
+        options = {"embedder": absolute(args.embedder), **_saved_embedder_options(args)}
+    else:
+        options = {
+            "model": absolute(args.model),
+            "template": args.template,
+            "layer": args.layer,
+            "dtype": args.dtype,
+            "pooling": args.pooling,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "batch_tokens": args.batch_tokens,
+            "max_length": args.max_length,
+            "normalize_input": False if args.no_normalize_input else None,
+            "adapter": absolute(getattr(args, "adapter", None)),
+            "merge_adapter": getattr(args, "merge_adapter", False),
+            "demonstration": getattr(args, "demonstration", None),
+            "backend": getattr(args, "backend", "transformers"),
+            "quantization": getattr(args, "quantization", None),
+            "compile": getattr(args, "compile", False),
+            "engine_options": _engine_options(args),
+        }
+    # Shards are their own resumption: vectors go to the embedding cache only when --cache-dir asks.
+    options["cache_dir"] = None if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
+    return {k: plain(v) for k, v in options.items()}
 
 
 def embed_command(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from promptlab.distributed.shards import is_corpus
     from promptlab.inputs import read_sentences
 
+    folder = Path(args.output).is_dir() or args.output.endswith(("/", os.sep))
+    if folder or args.shard_size is not None or args.ray or is_corpus(args.input):
+        return _embed_sharded(args)
     output = _check_output(args.output, args.overwrite)
     sentences = read_sentences(args.input, args.field)
     if not sentences:
@@ -367,6 +468,83 @@ def embed_command(args: argparse.Namespace) -> int:
         f"({len(sentences)} input lines, {stats['unique_sentences']} unique)",
         file=sys.stderr,
     )
+    return 0
+
+
+def _embed_sharded(args: argparse.Namespace) -> int:
+    """``embed`` into a folder of shards (`promptlab.distributed.shards`), here or on Ray actors."""
+    from promptlab.distributed import shards
+
+    if args.input == "-":
+        raise PromptlabError(
+            "sharded output resumes from its input files; pass --input FILE|DIR|GLOB, not stdin."
+        )
+    if Path(args.output).suffix == ".npy":
+        raise PromptlabError(
+            f"{args.output} names a .npy file, but this job writes shards (--shard-size, --ray or several input "
+            "files): give a folder as --output, e.g. vectors/."
+        )
+    files = shards.corpus_files(args.input)
+    shard_size = shards.DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size
+    shards.check_shard_size(shard_size)
+    options = embedder_options(args)
+    config = {
+        "embedder": shards.vector_options(options),
+        "normalize": args.normalize,
+        "field": args.field,
+        "shard_size": shard_size,
+    }
+    if args.ray:  # an unreachable cluster fails here, before the output folder is made
+        from promptlab.distributed.ray import check_address
+
+        check_address(args.ray)
+    out = shards.ShardFolder(args.output, config, files, overwrite=args.overwrite)
+    print(f"{len(files)} input file(s); {len(out.records)} shard(s) already in {out.folder}", file=sys.stderr)
+    if args.ray:
+        from promptlab.distributed.ray import connect, embed_shards_ray
+
+        started = connect(args.ray)
+        try:
+            result = embed_shards_ray(
+                options,
+                out,
+                shard_size=shard_size,
+                field=args.field,
+                normalize=args.normalize,
+                actors=args.ray_actors,
+                cpus_per_actor=args.ray_cpus_per_actor,
+                gpus_per_actor=args.ray_gpus_per_actor,
+            )
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    else:
+        started = time.perf_counter()
+        embedder = shards.make_embedder(options)
+        print(
+            f"{embedder.describe()['model']} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr
+        )
+        out.described = embedder.describe()
+        result = shards.embed_shards(
+            lambda s: embedder.encode(s, normalize_embeddings=args.normalize, show_progress_bar=False),
+            out,
+            shard_size=shard_size,
+            field=args.field,
+            on_shard=lambda shard: print(
+                f"wrote shard {shard.name} ({len(shard.lines)} sentences)", file=sys.stderr
+            ),
+        )
+    rate = f" ({result.sentences_per_second:.1f}/s)" if result.sentences_per_second else ""
+    print(
+        f"wrote {result.written} shard(s) of {result.sentences} sentences in {result.seconds:.1f} s{rate}; "
+        f"{result.skipped} were already done; {out.folder / shards.MANIFEST}",
+        file=sys.stderr,
+    )
+    error = out.failure()
+    if error is not None:
+        raise error
     return 0
 
 
@@ -487,21 +665,28 @@ def make_parser() -> argparse.ArgumentParser:
 COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
     "eval": (
         "Score an embedder on the STS suite the papers report: Spearman x100 of cosine on STS12-16 (all "
-        "subsets pooled), STS-B and SICK-R. Data and task names are checked before the model loads; vectors "
-        "are kept in the embedding cache as they are computed, so an interrupted run resumes.",
+        "subsets pooled), STS-B and SICK-R; or on tasks beyond STS: TREC QA reranking (MAP), SICK entailment "
+        "pair classification (AP), STS-B retrieval (nDCG@10). Data and task names are checked before the "
+        "model loads; vectors are kept in the embedding cache as they are computed, so an interrupted run "
+        "resumes.",
         [
             "promptlab eval --model smollm2-135m --template prompteol --data-dir ../shared/data/senteval",
             "promptlab eval --tasks STSBenchmark --split dev --layer 20 --output dev.json",
+            "promptlab eval --tasks TRECQA-rerank,SICK-pairclass,STSB-retrieval --split dev",
             "promptlab eval --model minilm-l6 --template none --pooling mean",
         ],
     ),
     "embed": (
         "Embed sentences (a text file, one per line; a .jsonl file; or - for stdin) into a float32 .npy "
-        "array, one row per input line.",
+        "array, one row per input line. A corpus (a folder or glob of such files) goes into a folder of "
+        "shards with their line numbers and a manifest: rerunning a stopped job computes only the missing "
+        "shards, and --ray computes them with Ray actors (docs/scaling.md).",
         [
             "promptlab embed --input sentences.txt --output vectors.npy",
             "cat sentences.txt | promptlab embed --input - --output vectors.npy --normalize",
             "promptlab embed --input docs.jsonl --field body --output vectors.npy",
+            "promptlab embed --input 'corpus/*.jsonl' --output vectors/ --shard-size 10000",
+            "promptlab embed --embedder my-embedder/ --input corpus/ --output vectors/ --ray head-node:6379",
         ],
     ),
     "templates": (
@@ -591,8 +776,15 @@ def _help_of(parser: argparse.ArgumentParser):
     return show
 
 
+def _terminate(signum, frame) -> None:
+    # A scheduler or `kill` stops a job with SIGTERM: unwind like Ctrl-C, so finished work is written out.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         return args.handler(args)
     except PromptlabError as err:
@@ -601,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("promptlab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ class Embedder:
             one-off compile of a few minutes (see `TransformersBackend.compile`).
         demonstration: a `Demonstration`, a shipped id (``eol-opt-125m``) or ``best-of:RESULTS.jsonl``,
             solved in front of the prompt (PromptEOL's in-context learning; `promptlab.demonstrations`).
+        engine_options: extra keyword arguments for ``vllm.LLM`` (``backend="vllm"`` only), e.g.
+            `promptlab.backends.vllm.parallel_options` to split a model over GPUs.
 
     An ``ensemble`` template (MetaEOL) is encoded through one Embedder per member, sharing the backend, and
     its vectors are the members' mean at each layer.
@@ -114,8 +116,14 @@ class Embedder:
         cache_dir: str | None = None,
         demonstration: Any = None,
         compile: bool = False,
+        engine_options: dict[str, Any] | None = None,
     ):
         check_max_length(max_length)  # before the model loads
+        if engine_options and backend != "vllm":
+            raise PromptlabError(
+                f"engine options ({', '.join(sorted(engine_options))}: --tensor-parallel-size, "
+                "--pipeline-parallel-size) are vLLM's; add --backend vllm (extra [vllm]) or drop them."
+            )
         if merge_adapter and adapter is None:
             raise PromptlabError(
                 "merge_adapter (--merge-adapter) needs an adapter to merge: pass --adapter FOLDER (or an "
@@ -135,7 +143,9 @@ class Embedder:
         if loaded:
             quant = {"quantization": quantization} if quantization else {}
             dtype = resolve_dtype(dtype, device)
-            model = load_backend(backend, model, dtype=dtype, device=device, **quant)
+            model = load_backend(
+                backend, model, dtype=dtype, device=device, **quant, **(engine_options or {})
+            )
         self.backend: Backend = model
         if adapter is not None:
             from promptlab.finetune.lora import attach_adapter
@@ -279,6 +289,7 @@ class Embedder:
                 enabled=show_progress_bar,
                 min_total=batch_size,
                 interval=PROGRESS_SECONDS,
+                total_work=sum(len(prompts[i].ids) - prefix for i in order),  # tokens: the ETA follows them
             ) as progress,
             _finally(flush),  # an interrupted job keeps every batch it finished
         ):
@@ -295,7 +306,7 @@ class Embedder:
                 for index, vectors in self.backend.embed(batch, self.template.pooling, wanted).items():
                     out[index][rows] = vectors.numpy()
                 pending.extend(rows)
-                progress.update(len(rows))
+                progress.update(len(rows), work=sum(len(prompts[i].ids) - prefix for i in rows))
                 if time.perf_counter() - flushed >= CACHE_FLUSH_SECONDS:
                     flush()
                     flushed = time.perf_counter()

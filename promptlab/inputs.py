@@ -52,6 +52,12 @@ def read_lines(source: str) -> list[str]:
 def read_sentences(source: str, field: str = "text") -> list[str]:
     """Sentences from a text file (one per line), a ``.jsonl`` file (``field`` of each object), or stdin
     (``-``, one per line). Raises `PromptlabError` naming the source and line for anything unusable."""
+    return [sentence for _, sentence in read_numbered_sentences(source, field)]
+
+
+def read_numbered_sentences(source: str, field: str = "text") -> list[tuple[int, str]]:
+    """`read_sentences` with each sentence's 1-based line number in ``source`` (a JSONL file may skip
+    blank lines, so numbers and positions can differ there)."""
     name = _source_name(source)
     lines = read_lines(source)
     while lines and not lines[-1].strip():  # trailing blank lines: an editor's final newline(s)
@@ -72,11 +78,11 @@ def read_sentences(source: str, field: str = "text") -> list[str]:
                     f"{name} line {number}: field {field!r} is {type(value).__name__ if not isinstance(value, str) else 'empty'}, "
                     "not a sentence; give it non-empty text."
                 )
-            sentences.append(value)
+            sentences.append((number, value))
         return sentences
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise PromptlabError(
                 f"{name} line {number} is empty; remove blank lines (one sentence per line)."
             )
-    return lines
+    return list(enumerate(lines, start=1))

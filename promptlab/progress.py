@@ -37,10 +37,13 @@ class Progress:
         min_total: int = 0,
         interval: float = 30.0,
         stream=None,
+        total_work: float | None = None,
     ):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.stream = stream or sys.stderr
         self.done = 0
+        # Items can differ in cost (long sentences first): the ETA then follows the work (e.g. tokens) done.
+        self.total_work, self.work = total_work, 0.0
         self.bar = None
         is_terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.enabled = total > min_total if enabled is None else enabled
@@ -51,8 +54,9 @@ class Progress:
             self.bar = tqdm(total=total, unit=unit[:4], desc=desc, file=self.stream)
         self.start = self.last = time.perf_counter()
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, work: float = 0.0) -> None:
         self.done += n
+        self.work += work
         if self.bar is not None:
             self.bar.update(n)
         elif self.lines and time.perf_counter() - self.last >= self.interval:
@@ -63,7 +67,11 @@ class Progress:
         self.last = now
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        if self.total_work:
+            work_rate = self.work / elapsed if elapsed > 0 else 0.0
+            left = (self.total_work - self.work) / work_rate if work_rate > 0 else float("inf")
+        else:
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = _duration(left) if left != float("inf") else "?"
         share = 100.0 * self.done / self.total if self.total else 100.0
         print(

@@ -221,7 +221,7 @@ def test_eval_checks_tasks_and_data_before_loading_the_model(tmp_path, capsys, m
     """A model that cannot load: any error about it would mean the model was reached before the checks."""
     unloadable = str(tmp_path / "no-such-model")
     fake = str(write_fake_senteval(tmp_path / "senteval"))
-    assert "unknown STS task 'STS99'. Did you mean: STS1" in _error_of(
+    assert "unknown task 'STS99'. Did you mean: STS1" in _error_of(
         ["eval", "--model", unloadable, "--tasks", "STS99", "--data-dir", fake], capsys
     )
     assert "does not exist" in _error_of(

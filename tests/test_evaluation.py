@@ -239,7 +239,9 @@ def test_data_dir_resolution(fake_dir, monkeypatch):
     monkeypatch.delenv("PROMPTLAB_DATA", raising=False)
     with pytest.raises(PromptlabError) as err:
         resolve_data_dir(None)
-    assert all(word in str(err.value) for word in ("--data-dir", "PROMPTLAB_DATA", "hub"))
+    # Python callers are told the arguments; the CLI prints the same fix in flags.
+    assert all(word in str(err.value) for word in ("data_dir=", "PROMPTLAB_DATA", "source='hub'"))
+    assert all(word in err.value.cli for word in ("--data-dir", "PROMPTLAB_DATA", "--source hub"))
     with pytest.raises(PromptlabError, match="does not exist"):
         resolve_data_dir(fake_dir / "nowhere")
     with pytest.raises(PromptlabError, match="no downstream/"):

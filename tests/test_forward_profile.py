@@ -38,8 +38,10 @@ def test_measure_splits_a_real_forward_and_bounds_it(tiny_llama):
     assert split["matmul"] > 0 and split["attention"] > 0 and split["other"] > 0
     assert sum(row["op_share_percent"].values()) == pytest.approx(100)
     assert row["tokens"] == embedder.last_stats["tokens"] > 24
-    # Taking time away can only raise the share of peak: each ceiling bounds the one before it.
-    assert row["percent_of_peak"] < row["ceiling_matmuls_and_attention_percent"]
+    # Taking time away can only raise the share of peak: each ceiling bounds the one before it. The bound
+    # holds within one run (the profiled one); the timed runs are separate, and another process can slow
+    # the profiled one, so they are not compared with its op times.
+    assert row["profiled_percent_of_peak"] < row["ceiling_matmuls_and_attention_percent"]
     assert row["ceiling_matmuls_and_attention_percent"] < row["ceiling_matmuls_only_percent"]
     assert row["matmul_gflops_in_forward"] == pytest.approx(
         2e6 * row["tokens"] / split["matmul"] / 1e9, rel=1e-9

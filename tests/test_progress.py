@@ -74,3 +74,45 @@ def test_an_interrupted_encode_resumes_from_the_batches_it_finished(
     assert second.rows == len(CORPUS) - 4 and resumed.last_stats["from_cache"] == 4
     fresh = Embedder(backend_for(tiny_llama), "prompteol", batch_size=2).encode(CORPUS)
     np.testing.assert_allclose(vectors, fresh, atol=1e-6)
+
+
+def test_a_killed_embed_resumes_from_what_it_finished(tiny_llama_dir, tmp_path):
+    """`promptlab embed` stopped by SIGTERM (a scheduler, `kill`) keeps its finished batches; a rerun
+    embeds only the rest and writes the same vectors as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"Sentence number {i} about {CORPUS[i % len(CORPUS)]}\n" for i in range(1000)))
+    env = {**os.environ, "PROMPTLAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+
+    def embed(output: str) -> subprocess.Popen:
+        argv = ["embed", "--model", str(tiny_llama_dir), "--input", str(source), "--output", output]
+        code = "import sys; from promptlab.cli import main; sys.exit(main(sys.argv[1:]))"
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *argv, "--batch-size", "1", "--dtype", "float32"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    first = embed(str(tmp_path / "first.npy"))
+    while "ready" not in (line := first.stderr.readline()):  # the model loaded: the work starts
+        assert line, "the embed process ended before loading its model"
+    time.sleep(1.0)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 130, first.stderr.read()
+    assert "interrupted" in first.stderr.read() and not (tmp_path / "first.npy").exists()
+    second = embed(str(tmp_path / "second.npy"))
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    cached = int(re.search(r"(\d+) read from the embedding cache", err).group(1))
+    embedded = int(re.search(r"embedded (\d+) sentences", err).group(1))
+    assert cached > 0 and embedded > 0 and cached + embedded == 1000
+    fresh = Embedder(str(tiny_llama_dir), "prompteol", dtype="float32").encode(
+        source.read_text().splitlines()
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "second.npy"), fresh, atol=1e-5)

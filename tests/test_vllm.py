@@ -148,3 +148,45 @@ def test_mask_vectors_equal_the_transformers_backend(vllm_installed, bert_dir):
     assert backend._llm[0] == "ALL"
     assert_same_vectors(got, Embedder(bert_dir, "promptbert", dtype="float32").encode(SENTENCES))
     assert Embedder(backend, "promptbert").describe()["backend"] == "vllm"
+
+
+# -- splitting a model over GPUs: vLLM's own options, passed through (argument level; no vLLM needed) ------
+def test_parallel_sizes_reach_the_vllm_engine_options(tiny_llama, tmp_path):
+    from promptlab.backends.vllm import parallel_options
+    from promptlab.cli import _engine_options, make_parser
+
+    base = ["embed", "--input", "in.txt", "--output", "v.npy", "--backend", "vllm"]
+    args = make_parser().parse_args([*base, "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2"])
+    assert _engine_options(args) == {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}
+    assert _engine_options(make_parser().parse_args(base)) is None
+    assert parallel_options(tensor_parallel_size=2) == {"tensor_parallel_size": 2}
+    model, tokenizer = tiny_llama
+    backend = VllmBackend(
+        str(tmp_path),
+        tokenizer,
+        model.config,
+        dtype="float32",
+        info={"device": "cuda"},
+        **parallel_options(2, 2),
+    )
+    assert backend.engine == {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}  # given to vllm.LLM
+
+
+@pytest.mark.parametrize("size", [0, -1, True, 1.5])
+def test_parallel_sizes_must_be_positive_gpu_counts(size):
+    from promptlab.backends.vllm import parallel_options
+
+    with pytest.raises(PromptlabError, match="give a positive number of GPUs"):
+        parallel_options(tensor_parallel_size=size)
+
+
+def test_parallel_sizes_without_vllm_backend_are_refused(tiny_llama_dir, tmp_path, capsys):
+    from promptlab.cli import main
+
+    (tmp_path / "in.txt").write_text("A sentence.\n")
+    argv = ["embed", "--model", str(tiny_llama_dir), "--input", str(tmp_path / "in.txt")]
+    assert main([*argv, "--output", str(tmp_path / "v.npy"), "--tensor-parallel-size", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "are vLLM's; add --backend vllm (extra [vllm])" in err
+    with pytest.raises(PromptlabError, match="add --backend vllm"):
+        Embedder(str(tiny_llama_dir), engine_options={"pipeline_parallel_size": 2})

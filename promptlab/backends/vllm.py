@@ -29,6 +29,26 @@ INSTALL_HINT = "pip install 'promptlab[vllm]' on a CUDA machine, or 'promptlab[v
 VLLM_DTYPES = ("float32", "bfloat16", "float16")
 
 
+PARALLEL_OPTIONS = ("tensor_parallel_size", "pipeline_parallel_size")
+
+
+def parallel_options(
+    tensor_parallel_size: int | None = None, pipeline_parallel_size: int | None = None
+) -> dict:
+    """`vllm.LLM` options that split one model over GPUs: its layers' matrices over ``tensor_parallel_size``
+    GPUs (Megatron-style, within a node) and its layers into ``pipeline_parallel_size`` stages (across
+    nodes); vLLM needs tensor x pipeline GPUs. Unset sizes are left to vLLM (1)."""
+    options = {}
+    for name, size in zip(PARALLEL_OPTIONS, (tensor_parallel_size, pipeline_parallel_size), strict=True):
+        if size is None:
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            flag = "--" + name.replace("_", "-")
+            raise PromptlabError(f"{flag} {size!r}: give a positive number of GPUs (1: no split).")
+        options[name] = size
+    return options
+
+
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise PromptlabError(f"--backend vllm needs vLLM, which is not installed; run `{INSTALL_HINT}`.")

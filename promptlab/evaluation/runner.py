@@ -1,29 +1,32 @@
-"""`evaluate`: encode every unique sentence of the requested tasks once, then score each task."""
+"""`evaluate`: encode every distinct sentence of the requested tasks once, then score each task."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from promptlab.errors import PromptlabError
-from promptlab.evaluation.data import fingerprint, load_with_digests, resolve_data_dir
+from promptlab.evaluation.catalog import CATALOG, load_tasks
+from promptlab.evaluation.data import ENV_VAR, fingerprint, resolve_data_dir
+from promptlab.evaluation.protocol import Task, Vectors
 from promptlab.evaluation.results import EvalResult
-from promptlab.evaluation.scoring import aggregate, cosine_pairs
-from promptlab.evaluation.tasks import SPECS, TASKS, canonical_task
+from promptlab.evaluation.tasks import SPECS, TASKS
 
 Encode = Callable[[list[str]], np.ndarray]
+EncodeLayers = Callable[[list[str], list[int]], dict[int, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class Suite:
-    """Loaded, checked STS data for an evaluation: the tasks, their pairs, and every unique sentence."""
+    """Loaded, checked data for an evaluation: the tasks (any types) and every distinct sentence."""
 
     names: list[str]
-    loaded: list  # one `load_with_digests` result per name
+    tasks: list[Task]  # one per name, loaded for `split`
     sentences: dict[str, int]  # sentence -> row in the encoder's output (first-seen order)
     split: str
     source: str
@@ -31,7 +34,15 @@ class Suite:
 
     @property
     def n_pairs(self) -> int:
-        return sum(len(p) for ld in self.loaded for p in ld.pairs)
+        """Scored units over all tasks (see `Task.n_items`): sentence pairs for STS."""
+        return sum(t.n_items for t in self.tasks)
+
+    def describe(self) -> str:
+        """One line for progress output: split, tasks, sizes."""
+        return (
+            f"{self.split}: {', '.join(self.names)}: {self.n_pairs} scored items, "
+            f"{len(self.sentences)} unique sentences"
+        )
 
 
 def load_suite(
@@ -44,21 +55,37 @@ def load_suite(
     """Resolve task names and load their data, with every check that needs no model (names, files, rows).
 
     Callers that load a model run this first, so a wrong task name or data folder fails in a second, not
-    after the model has loaded. `tasks=None` means every task that has `split`: all seven for "test",
-    STS-B and SICK-R for "dev" (model selection) and "train".
+    after the model has loaded. `tasks=None` means every STS task that has `split`: all seven for "test",
+    STS-B and SICK-R for "dev" (model selection) and "train". Other task types are asked for by name
+    (`promptlab.evaluation.catalog`: TRECQA-rerank, SICK-pairclass, STSB-retrieval).
     """
     if tasks is None:
         tasks = [t for t in TASKS if split in SPECS[t].available_splits(source)]
-    names = list(dict.fromkeys(canonical_task(t) for t in ([tasks] if isinstance(tasks, str) else tasks)))
-    if not names:
-        raise PromptlabError(f"no tasks given; choose from {', '.join(TASKS)}.")
-    loaded = [load_with_digests(t, data_dir=data_dir, split=split, source=source) for t in names]
+    requested = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not requested:
+        raise PromptlabError(f"no tasks given; choose from {', '.join(CATALOG)}.")
+    loaded = load_tasks(requested, split=split, data_dir=data_dir, source=source)
     sentences: dict[str, int] = {}
-    for pairs in (p for ld in loaded for p in ld.pairs):
-        for s in (*pairs.sentences1, *pairs.sentences2):
+    for task in loaded:
+        for s in task.sentences():
             sentences.setdefault(s, len(sentences))
-    where = str(resolve_data_dir(data_dir)) if source == "senteval" else None
-    return Suite(names, loaded, sentences, split, source, where)
+    return Suite([t.name for t in loaded], loaded, sentences, split, source, _where(loaded, data_dir, source))
+
+
+def _where(tasks: list[Task], data_dir, source: str) -> str | None:
+    """The data folder to record: the SentEval root when a task read it, else the folder given."""
+    if source != "senteval":
+        return None
+    if any(label.startswith("downstream/") for t in tasks for label in t.digests):
+        return str(resolve_data_dir(data_dir))
+    given = data_dir if data_dir not in (None, "") else os.environ.get(ENV_VAR) or None
+    return None if given is None else str(given)
+
+
+def _suite(tasks, data_dir, split, source) -> Suite:
+    if isinstance(tasks, Suite):
+        return tasks
+    return load_suite(tasks, data_dir=data_dir, split=split, source=source)
 
 
 def evaluate(
@@ -70,61 +97,70 @@ def evaluate(
     source: str = "senteval",
     progress: bool = False,
 ) -> EvalResult:
-    """Score `encode` on STS tasks with SentEval's conventions (see `promptlab.evaluation`).
+    """Score `encode` on tasks of any type: STS with SentEval's conventions, and those of the catalog.
 
     `encode(sentences)` must return one vector per sentence, in order, as an (n, d) array. It is called
     exactly once, with the unique sentences of all tasks (first-seen order), so the encoder can sort,
     batch and report one throughput figure. `progress` prints a status line before and after encoding
     to stderr (the encoder draws its own progress bar).
 
-    `tasks` is a list of names (None: every task that has `split`, see `load_suite`) or a `Suite` that
+    `tasks` is a list of names (None: every STS task that has `split`, see `load_suite`) or a `Suite` that
     `load_suite` already loaded (then `data_dir`, `split` and `source` come from it).
     """
-    suite = (
-        tasks
-        if isinstance(tasks, Suite)
-        else load_suite(tasks, data_dir=data_dir, split=split, source=source)
-    )
-    names, loaded, sentences = suite.names, suite.loaded, suite.sentences
-    n_pairs = suite.n_pairs
+    suite = _suite(tasks, data_dir, split, source)
     if progress:
-        print(
-            f"STS {suite.split}: {n_pairs} pairs, {len(sentences)} unique sentences ({', '.join(names)})",
-            file=sys.stderr,
-        )
-
+        print(suite.describe(), file=sys.stderr)
     start = time.perf_counter()
-    vecs = encode(list(sentences))
+    vecs = _check_vectors(encode(list(suite.sentences)), len(suite.sentences))
     seconds = time.perf_counter() - start
-    vecs = _check_vectors(vecs, len(sentences))
     if progress:
-        rate = len(sentences) / max(seconds, 1e-9)
+        rate = len(suite.sentences) / max(seconds, 1e-9)
         print(f"encoded in {seconds:.1f} s ({rate:.1f} sentences/s)", file=sys.stderr)
+    return score_suite(suite, vecs, seconds)
 
-    scores = {}
-    for name, ld in zip(names, loaded, strict=True):
-        predicted, gold = {}, {}
-        for pairs in ld.pairs:
-            rows1 = np.fromiter((sentences[s] for s in pairs.sentences1), dtype=np.int64, count=len(pairs))
-            rows2 = np.fromiter((sentences[s] for s in pairs.sentences2), dtype=np.int64, count=len(pairs))
-            predicted[pairs.subset] = cosine_pairs(vecs[rows1], vecs[rows2])
-            gold[pairs.subset] = pairs.scores
-        scores[name] = aggregate(name, predicted, gold)
 
+def evaluate_layers(
+    encode_layers: EncodeLayers,
+    layers: Sequence[int],
+    tasks: Iterable[str] | str | Suite | None = None,
+    *,
+    data_dir=None,
+    split: str = "test",
+    source: str = "senteval",
+) -> dict[int, EvalResult]:
+    """`evaluate` at several layers from one encoding: {layer: result}.
+
+    `encode_layers(sentences, layers)` returns {layer: (n, d) array} for the unique sentences of all tasks,
+    as `Embedder.encode_layers` does: one forward pass serves every layer and every task.
+    """
+    suite = _suite(tasks, data_dir, split, source)
+    layers = list(layers)
+    start = time.perf_counter()
+    vectors = encode_layers(list(suite.sentences), layers)
+    seconds = time.perf_counter() - start
+    n = len(suite.sentences)
+    return {layer: score_suite(suite, _check_vectors(vectors[layer], n), seconds) for layer in layers}
+
+
+def score_suite(suite: Suite, vecs: np.ndarray, seconds: float = float("nan")) -> EvalResult:
+    """Score every task of `suite` on `vecs` (row i = the vector of the i-th sentence of `suite.sentences`)."""
+    vectors = Vectors(suite.sentences, vecs)
+    scores = {task.name: task.score(vectors) for task in suite.tasks}
     values = [t.score for t in scores.values()]
-    digests = {k: v for ld in loaded for k, v in ld.digests.items()}
+    digests = {k: v for task in suite.tasks for k, v in task.digests.items()}
+    n = len(suite.sentences)
     return EvalResult(
         details=scores,
         average=float(np.mean(values)),
-        partial=set(names) != set(TASKS),
+        partial=set(suite.names) != set(TASKS),
         split=suite.split,
         source=suite.source,
         data_dir=suite.data_dir,
         data_fingerprint=fingerprint(digests),
-        n_pairs=n_pairs,
-        n_sentences=len(sentences),
+        n_pairs=suite.n_pairs,
+        n_sentences=n,
         encode_seconds=seconds,
-        sentences_per_second=len(sentences) / seconds if seconds > 0 else float("inf"),
+        sentences_per_second=n / seconds if seconds > 0 else float("inf"),
     )
 
 

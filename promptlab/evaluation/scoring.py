@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -57,7 +58,10 @@ def score_encoder(encode, pairs) -> float:
 
 @dataclass(frozen=True)
 class TaskScore:
-    """One task's score and how it was made up."""
+    """One STS task's score and how it was made up."""
+
+    type: ClassVar[str] = "sts"
+    main_metric: ClassVar[str] = "spearman"
 
     task: str
     score: float  # the reported number: pooled "all" Spearman (STS12-16) or the split's Spearman
@@ -75,6 +79,24 @@ class TaskScore:
             "mean": self.mean,
             "wmean": self.wmean,
         }
+
+    @classmethod
+    def from_dict(cls, task: str, record: dict) -> TaskScore:
+        subsets = record.get("subsets", {})
+        return cls(
+            task=task,
+            score=_float(record["score"]),
+            n_pairs=record["n_pairs"],
+            subsets={k: _float(v["spearman"]) for k, v in subsets.items()},
+            subset_sizes={k: v["n_pairs"] for k, v in subsets.items()},
+            mean=_float(record.get("mean")),
+            wmean=_float(record.get("wmean")),
+        )
+
+
+def _float(value) -> float:
+    """A JSON number back as a float; null (how NaN is written) as NaN."""
+    return float("nan") if value is None else float(value)
 
 
 def aggregate(task: str, predicted: dict[str, np.ndarray], gold: dict[str, np.ndarray]) -> TaskScore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 # promptlab.cli imports this module only in make_parser, so this import is not circular.
 from promptlab.cli import add_batch_args, add_dtype_arg, max_length_arg
@@ -21,6 +22,13 @@ def make_sweep_parser(sub) -> None:
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
     p.add_argument("--check", action="store_true", help="validate the config and print the plan, run nothing")
+    p.add_argument(
+        "--select-on",
+        default=None,
+        metavar="TASK",
+        help="score on the dev split of this task instead (any task: STSBenchmark, TRECQA-rerank, "
+        "SICK-pairclass, STSB-retrieval...); the row's score is its main metric x 100",
+    )
     p.set_defaults(handler=sweep_command)
 
 
@@ -28,6 +36,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     from promptlab.experiments.sweep import SweepConfig, plan, run_sweep
 
     config = SweepConfig.from_toml(args.config, data_dir=args.data_dir)
+    if args.select_on:
+        benchmark = replace(config.benchmark, tasks=(args.select_on,), split="dev")
+        config = replace(config, benchmark=benchmark)
     if args.check:
         for job in plan(config):
             print(f"{job.model} {job.dtype} {job.template_name} demo={job.demo_id} layers={list(job.layers)}")
@@ -71,6 +82,13 @@ def make_search_parser(sub) -> None:
         help="token budget per prompt, cut inside the sentence slot (default: the model's own limit)",
     )
     p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
+    p.add_argument(
+        "--select-on",
+        default=None,
+        metavar="TASK",
+        help="select on the dev split of this task instead of STS-B dev (any task: STSBenchmark, TRECQA-rerank, "
+        "SICK-pairclass, STSB-retrieval...); the row's score is its main metric x 100",
+    )
     p.set_defaults(handler=search_command)
 
 
@@ -85,7 +103,8 @@ def search_command(args: argparse.Namespace) -> int:
             f"left out {len(excluded)} demonstration(s) whose sentence occurs in STS dev/test data: "
             + ", ".join(d.id for d in excluded)
         )
-    benchmark = Benchmark(dev_pairs=args.dev_pairs, seed=args.seed, data_dir=args.data_dir)
+    tasks = (args.select_on,) if args.select_on else ("STSBenchmark",)
+    benchmark = Benchmark(tasks=tasks, dev_pairs=args.dev_pairs, seed=args.seed, data_dir=args.data_dir)
     started = time.perf_counter()
     rows = run_search(
         args.model,

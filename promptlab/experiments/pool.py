@@ -21,12 +21,6 @@ from pathlib import Path
 from promptlab.demonstrations import Demonstration
 from promptlab.errors import PromptlabError
 
-# The sets whose sentences must never be shown as a demonstration: every split an STS score is reported on.
-EVAL_SETS = (
-    ("STSBenchmark", ("dev", "test")),
-    ("SICKRelatedness", ("dev", "test")),  # SICK dev is SICK_trial
-    *((f"STS{year}", ("test",)) for year in range(12, 17)),
-)
 # Words that only echo the prompt, not the sentence.
 _JUNK = {
     "this",
@@ -72,23 +66,12 @@ _JUNK = {
 _WORD = re.compile(r"^[A-Za-z][A-Za-z-]{1,24}$")
 
 
-def overlap_key(sentence: str) -> str:
-    """Lower case, letters and digits only: catches copies that differ in case, spacing or punctuation."""
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", sentence.lower()).split())
-
-
 def eval_sentences(data_dir=None) -> dict[str, str]:
-    """overlap_key -> where it occurs, over every STS dev/test set of `EVAL_SETS`."""
-    from promptlab.evaluation import load_task
+    """`letters_and_digits` key -> where it occurs, over every evaluation split (`contamination.EVAL_SPLITS`)."""
+    from promptlab.evaluation.contamination import eval_items, letters_and_digits
 
-    where: dict[str, set[str]] = {}
-    for task, splits in EVAL_SETS:
-        for split in splits:
-            for pairs in load_task(task, data_dir=data_dir, split=split):
-                label = f"{task} {split}" + (f" ({pairs.subset})" if pairs.subset != split else "")
-                for sentence in (*pairs.sentences1, *pairs.sentences2):
-                    where.setdefault(overlap_key(sentence), set()).add(label)
-    return {key: "; ".join(sorted(labels)) for key, labels in where.items()}
+    items = eval_items(data_dir, key=letters_and_digits)
+    return {key: "; ".join(sorted(labels)) for key, labels in items.sentences.items()}
 
 
 def stsb_train_sentences(data_dir=None) -> list[tuple[int, int, str]]:
@@ -157,6 +140,7 @@ def build_self_labelled_pool(
     max_words: int = 20,
 ):
     """``n`` STS-B train demonstrations labelled by ``model`` itself; returns (demonstrations, stats)."""
+    from promptlab.evaluation.contamination import letters_and_digits
     from promptlab.models import resolve_model
     from promptlab.registry import get_template
 
@@ -165,7 +149,7 @@ def build_self_labelled_pool(
     seen: set[str] = set()
     candidates = []
     for number, column, sentence in stsb_train_sentences(data_dir):
-        key = overlap_key(sentence)
+        key = letters_and_digits(sentence)
         if key in banned or key in seen or not min_words <= len(sentence.split()) <= max_words:
             continue
         seen.add(key)

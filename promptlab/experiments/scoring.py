@@ -1,8 +1,9 @@
 """What an experiment scores on, and scoring many layers from one forward pass.
 
-A `Benchmark` is either STS tasks of a split, scored by `promptlab.evaluation.evaluate` (the one evaluation
-path), or a seeded subset of STS-B dev (`promptlab.evaluation.sts_dev`), which `evaluate` cannot express,
-scored with the same cosine/Spearman functions. Either way every layer's record has the shape of
+A `Benchmark` is either tasks of a split (STS, or any type of `promptlab.evaluation.catalog`), scored by
+`promptlab.evaluation.evaluate_layers` (the one evaluation path), or a seeded subset of STS-B dev
+(`promptlab.evaluation.sts_dev`), which `evaluate` cannot express, scored with the same cosine/Spearman
+functions. Either way every layer's record has the shape of
 `EvalResult.to_dict()` (scores, average, split, data_fingerprint, n_pairs...).
 """
 
@@ -21,11 +22,11 @@ from promptlab.errors import PromptlabError
 
 @dataclass(frozen=True)
 class Benchmark:
-    """STS tasks of one split (default: STS-B dev, the papers' selection split), or an STS-B dev subset.
+    """Tasks of one split (default: STS-B dev, the papers' selection split), or an STS-B dev subset.
 
     Attributes:
-        tasks: task names (``STSBenchmark``, ``SICK-R``, ``STS12``...), or ``("all",)``: every task of
-            the split.
+        tasks: task names of any type (``STSBenchmark``, ``SICK-R``, ``TRECQA-rerank``...), or
+            ``("all",)``: every STS task of the split. A row's score is the mean of their main scores.
         split: ``dev`` (selection) or ``test`` (report once, at the end).
         dev_pairs: score on a seeded random subset of this many STS-B dev pairs (cheaper searches).
         seed: the subset's seed.
@@ -40,13 +41,13 @@ class Benchmark:
     source: str = "senteval"
 
     def __post_init__(self) -> None:
-        from promptlab.evaluation import TASKS, canonical_task
+        from promptlab.evaluation import TASKS, resolve_task
         from promptlab.evaluation.tasks import SPECS
 
         tasks = tuple(self.tasks)
         if tasks in (("all",), ()):
             tasks = tuple(t for t in TASKS if self.split in SPECS[t].available_splits(self.source))
-        object.__setattr__(self, "tasks", tuple(dict.fromkeys(canonical_task(t) for t in tasks)))
+        object.__setattr__(self, "tasks", tuple(dict.fromkeys(resolve_task(t).name for t in tasks)))
         if self.dev_pairs is not None:
             if self.tasks != ("STSBenchmark",) or self.split != "dev":
                 raise PromptlabError(
@@ -59,12 +60,11 @@ class Benchmark:
     @functools.cached_property
     def fingerprint(self) -> str:
         """sha256 over every file read (and the subset, if any): a row's data identity."""
-        from promptlab.evaluation.data import fingerprint, load_with_digests
+        from promptlab.evaluation import load_suite
+        from promptlab.evaluation.data import fingerprint
 
-        digests: dict[str, str] = {}
-        for task in self.tasks:
-            loaded = load_with_digests(task, data_dir=self.data_dir, split=self.split, source=self.source)
-            digests.update(loaded.digests)
+        suite = load_suite(self.tasks, data_dir=self.data_dir, split=self.split, source=self.source)
+        digests = {k: v for task in suite.tasks for k, v in task.digests.items()}
         if self.dev_pairs is not None:
             digests["subset"] = f"n_pairs={self.dev_pairs},seed={self.seed}"
         return fingerprint(digests)
@@ -102,23 +102,15 @@ class Benchmark:
         return records, time.perf_counter() - start
 
     def _score_tasks(self, embedder, layers, progress):
-        from promptlab.evaluation import evaluate
+        from promptlab.evaluation import evaluate_layers
 
-        vectors: dict[int, np.ndarray] = {}
+        def encode_layers(sentences, wanted):
+            return embedder.encode_layers(sentences, wanted, show_progress_bar=progress)
 
-        def encode_all(sentences):
-            vectors.update(embedder.encode_layers(sentences, layers, show_progress_bar=progress))
-            return vectors[layers[0]]
-
-        records = {}
-        for layer in layers:
-            # evaluate() calls encode once with the same unique sentences in the same order every time.
-            encode = encode_all if not vectors else (lambda _sentences, layer=layer: vectors[layer])
-            result = evaluate(
-                encode, self.tasks, data_dir=self.data_dir, split=self.split, source=self.source
-            )
-            records[layer] = result.to_dict()
-        return records
+        results = evaluate_layers(
+            encode_layers, layers, self.tasks, data_dir=self.data_dir, split=self.split, source=self.source
+        )
+        return {layer: result.to_dict() for layer, result in results.items()}
 
     def _score_subset(self, embedder, layers, progress):
         from promptlab.evaluation import score_pairs, sts_dev

@@ -35,9 +35,22 @@ def finetune_command(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     config = FinetuneConfig.from_toml(args.config, overrides)
-    result = train(
-        config, resume=args.resume, overwrite=args.overwrite, progress=False if args.no_progress else None
-    )
+    from promptlab.distributed.ddp import DataParallel
+
+    parallel = DataParallel.from_environment()  # under torchrun: this rank of the data-parallel run
+    try:
+        result = train(
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=False if args.no_progress else None,
+            parallel=parallel,
+        )
+    finally:
+        if parallel is not None:
+            parallel.close()
+    if parallel is not None and not parallel.is_main:
+        return 0
     best = f"{result.best_dev:.2f} at step {result.best_step}" if result.best_dev is not None else "none"
     note = " (stopped at max_minutes)" if result.stopped == "time_limit" else ""
     print(

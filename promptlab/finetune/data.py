@@ -21,8 +21,12 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptlab.errors import PromptlabError
+
+if TYPE_CHECKING:
+    from promptlab.evaluation.contamination import EvalItems
 
 BUILDERS = ("sick-train", "stsb-train")
 SIMCSE_COLUMNS = ("sent0", "sent1", "hard_neg")
@@ -202,28 +206,11 @@ def load_source(source: str, *, data_dir=None, min_score: float = 4.0, labels: b
 
 
 # -- the holdout -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EvalItems:
-    """Every sentence and every scored pair of the STS dev and test splits (keys: whitespace/case folded)."""
-
-    sentences: frozenset[str]
-    pairs: frozenset[frozenset[str]]
-
-
 def eval_items(data_dir=None) -> EvalItems:
-    from promptlab.evaluation import TASKS, load_task
-    from promptlab.evaluation.tasks import SPECS
+    """Every sentence and scored pair of the STS dev and test splits, keys whitespace/case folded."""
+    from promptlab.evaluation.contamination import eval_items as build
 
-    sentences, pairs = set(), set()
-    for task in TASKS:
-        for split in ("dev", "test"):
-            if split not in SPECS[task].available_splits():
-                continue
-            for p in load_task(task, data_dir=data_dir, split=split):
-                for a, b in zip(p.sentences1, p.sentences2, strict=True):
-                    sentences.update((_key(a), _key(b)))
-                    pairs.add(frozenset((_key(a), _key(b))))
-    return EvalItems(frozenset(sentences), frozenset(pairs))
+    return build(data_dir, key=_key)
 
 
 def is_held_out(example: Example, items: EvalItems, mode: str) -> bool:

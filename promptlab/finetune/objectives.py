@@ -116,24 +116,34 @@ class Objective:
     temperature: float
     view2: object | None = None  # Embedder with the second template (two_template)
     denoise: bool = False
+    parallel: object | None = None  # a `promptlab.distributed.ddp.DataParallel` under torchrun
+
+    def _vectors(self, view, groups) -> list[torch.Tensor]:
+        """Vectors of each group of texts, from one forward; ``groups`` is [(texts, owning rank of each)].
+        Data-parallel, each rank embeds its own rows and gathers the others' (`DataParallel.encode`)."""
+        if self.parallel is not None:
+            return self.parallel.encode(view, groups, denoise=self.denoise)
+        # One forward for all groups (padding changes nothing: exact masking).
+        vectors = encode_with_grad(view, [t for texts, _ in groups for t in texts], denoise=self.denoise)
+        return list(torch.split(vectors, [len(texts) for texts, _ in groups]))
 
     def loss(self, examples) -> torch.Tensor:
         anchors = [e.anchor for e in examples]
+        owners = self.parallel.owners(len(examples)) if self.parallel is not None else [0] * len(examples)
         if self.name == "supervised":
             positives = [e.positive for e in examples]
             negatives = [e.negative for e in examples if e.negative is not None]
-            # One forward for anchors, positives and hard negatives (padding changes nothing: exact masking).
-            vectors = encode_with_grad(self.view, anchors + positives + negatives, denoise=self.denoise)
-            n = len(anchors)
-            candidates = positives + negatives
-            exclude = false_negatives(anchors, positives, candidates)
-            return info_nce(vectors[:n], vectors[n:], self.temperature, exclude)
+            negative_owners = [o for e, o in zip(examples, owners, strict=True) if e.negative is not None]
+            first, second, third = self._vectors(
+                self.view, [(anchors, owners), (positives, owners), (negatives, negative_owners)]
+            )
+            exclude = false_negatives(anchors, positives, positives + negatives)
+            return info_nce(first, torch.cat([second, third]), self.temperature, exclude)
         if self.name == "dropout":
-            vectors = encode_with_grad(self.view, anchors + anchors, denoise=self.denoise)
-            first, second = vectors[: len(anchors)], vectors[len(anchors) :]
+            first, second = self._vectors(self.view, [(anchors, owners), (anchors, owners)])
         elif self.name == "two_template":
-            first = encode_with_grad(self.view, anchors, denoise=self.denoise)
-            second = encode_with_grad(self.view2, anchors, denoise=self.denoise)
+            (first,) = self._vectors(self.view, [(anchors, owners)])
+            (second,) = self._vectors(self.view2, [(anchors, owners)])
         else:
             raise PromptlabError(f"unknown objective {self.name!r}.")
         return info_nce(first, second, self.temperature, false_negatives(anchors, anchors, anchors))

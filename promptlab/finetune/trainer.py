@@ -119,12 +119,20 @@ def _append(path: Path, record: dict) -> None:
 
 
 class Trainer:
-    """One fine-tuning run; ``backend`` may be given (tests, notebooks), else it is loaded from config."""
+    """One fine-tuning run; ``backend`` may be given (tests, notebooks), else it is loaded from config.
 
-    def __init__(self, config: FinetuneConfig, *, backend=None, data: TrainingData | None = None):
+    ``parallel`` (a `promptlab.distributed.ddp.DataParallel`, as under ``torchrun``) splits each batch over
+    ranks with the same loss and gradient as one process; only rank 0 writes files.
+    """
+
+    def __init__(
+        self, config: FinetuneConfig, *, backend=None, data: TrainingData | None = None, parallel=None
+    ):
         from promptlab.embedder import Embedder
 
         self.config = config
+        self.parallel = parallel
+        self.is_main = parallel is None or parallel.is_main
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.data = data or build_training_data(
@@ -140,6 +148,8 @@ class Trainer:
             raise PromptlabError(
                 f"only {len(self.data)} training example(s); in-batch negatives need at least 2."
             )
+        if parallel is not None:  # before the model loads
+            parallel.check_batch_size(min(config.batch_size, len(self.data)))
         if backend is None:
             from promptlab.backends import load_backend
 
@@ -179,9 +189,11 @@ class Trainer:
                 "dropout; use objective 'two_template' (or 'supervised' with pairs)."
             )
         self.objective = Objective(
-            config.objective, self.view, config.temperature, self.view2, config.denoise
+            config.objective, self.view, config.temperature, self.view2, config.denoise, parallel
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if parallel is not None:
+            parallel.broadcast_parameters(self.params)  # every rank starts from rank 0's adapter
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         n = len(self.data)
         self.batch_size = min(config.batch_size, n)
@@ -304,7 +316,26 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------------------
     def prepare_output(self, *, resume: bool, overwrite: bool) -> None:
+        """Create (or check and resume) the output folder; data-parallel, rank 0 does it and every rank
+        stops on its error, and the other ranks then read the checkpoint."""
+        if self.parallel is None:
+            return self._prepare_output(resume=resume, overwrite=overwrite)
+        error = None
+        if self.parallel.is_main:
+            try:
+                self._prepare_output(resume=resume, overwrite=overwrite)
+            except PromptlabError as err:
+                error = str(err)
+        error = self.parallel.broadcast(error)
+        if error is not None:
+            raise PromptlabError(error)
+        if resume and not self.parallel.is_main:
+            self.load_checkpoint()
+
+    def _prepare_output(self, *, resume: bool, overwrite: bool) -> None:
         import promptlab
+
+        world_size = self.parallel.world if self.parallel is not None else 1
 
         record = self.out / "finetune.json"
         if resume:
@@ -320,7 +351,8 @@ class Trainer:
                     "restore it, or start a new run in another output_dir."
                 )
             self.load_checkpoint()
-            _append(self.out / "log.jsonl", {"event": "resume", "step": self.step, "time": time.time()})
+            resumed = {"event": "resume", "step": self.step, "world_size": world_size, "time": time.time()}
+            _append(self.out / "log.jsonl", resumed)
             return
         if self.out.exists() and any(self.out.iterdir()):
             if not overwrite:
@@ -344,6 +376,7 @@ class Trainer:
             "backend": self.backend.describe(),
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
+            "world_size": world_size,  # ranks sharing each batch (torchrun); the batch is the same on any
             "trainable_parameters": sum(p.numel() for p in self.params),
             # Bytes of the frozen base weights as stored (a 4-bit layer packs two weights per byte).
             "base_weights_mib": sum(
@@ -401,7 +434,8 @@ class Trainer:
             random.seed(self.config.seed)
             np.random.seed(self.config.seed)
         cfg = self.config
-        show = sys.stderr.isatty() if progress is None else progress
+        show = (sys.stderr.isatty() if progress is None else progress) and self.is_main
+        log = partial(_append, self.out / "log.jsonl") if self.is_main else (lambda record: None)
         start_time = time.perf_counter()
         prior = self.history[-1]["train_seconds"] if self.history else 0.0
         stopped = "completed"
@@ -413,6 +447,8 @@ class Trainer:
                 examples = self.batch(self.step)
                 loss = self.objective.loss(examples)
                 loss.backward()
+                if self.parallel is not None:
+                    self.parallel.sum_gradients(self.params)  # each rank's backward reached its own rows
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -426,15 +462,19 @@ class Trainer:
                     "loss": loss_value,
                     "grad_norm": float(grad_norm),
                 }
-                _append(self.out / "log.jsonl", {**step_entry, "lr": self.scheduler.get_last_lr()[0]})
+                log({**step_entry, "lr": self.scheduler.get_last_lr()[0]})
                 elapsed = prior + time.perf_counter() - start_time
                 last = self.step == self.total_steps
                 out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60 and not last
+                if self.parallel is not None and cfg.max_minutes is not None:
+                    out_of_time = self.parallel.broadcast(out_of_time)  # every rank stops at one step
                 postfix = {"loss": f"{loss_value:.3f}"}
-                if last or out_of_time or (cfg.eval_every and self.step % cfg.eval_every == 0):
+                evaluate = last or out_of_time or (cfg.eval_every and self.step % cfg.eval_every == 0)
+                if evaluate and self.is_main:
                     entry = self.evaluate_and_log(elapsed)
                     postfix["dev"] = f"{entry['dev_spearman']:.2f}"
-                if last or out_of_time or (cfg.save_every and self.step % cfg.save_every == 0):
+                save = last or out_of_time or (cfg.save_every and self.step % cfg.save_every == 0)
+                if save and self.is_main:
                     self.save_checkpoint()
                 if self.best_dev is not None:
                     postfix["best"] = f"{self.best_dev:.2f}"
@@ -449,8 +489,7 @@ class Trainer:
         result = TrainResult(
             self.out, self.step, self.best_step, self.best_dev, stopped, self.history, elapsed, peak_rss_mib()
         )
-        _append(
-            self.out / "log.jsonl",
+        log(
             {
                 "event": "end",
                 "stopped": stopped,
@@ -467,7 +506,16 @@ class Trainer:
 
 
 def train(
-    config: FinetuneConfig, *, backend=None, resume: bool = False, overwrite: bool = False, **run_options
+    config: FinetuneConfig,
+    *,
+    backend=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    parallel=None,
+    **run_options,
 ):
-    """Build a `Trainer` and run it; see `Trainer.run` for ``progress`` and ``on_step``."""
-    return Trainer(config, backend=backend).run(resume=resume, overwrite=overwrite, **run_options)
+    """Build a `Trainer` and run it; see `Trainer.run` for ``progress`` and ``on_step``, `Trainer` for
+    ``parallel``."""
+    return Trainer(config, backend=backend, parallel=parallel).run(
+        resume=resume, overwrite=overwrite, **run_options
+    )
