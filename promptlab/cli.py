@@ -366,7 +366,11 @@ def _work_line(stats: dict) -> str:
 def make_embed_parser(sub) -> None:
     p = sub.add_parser("embed", help="embed sentences from a file (txt: one per line; jsonl) or stdin")
     _add_model_args(p)
-    p.add_argument("--input", required=True, help="sentences.txt, data.jsonl, or - for stdin (one per line)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="sentences.txt, data.jsonl, a folder or quoted glob of them (a corpus), or - for stdin (one per line)",
+    )
     p.add_argument("--field", default="text", help="the JSONL field holding the sentence")
     p.add_argument(
         "--output",

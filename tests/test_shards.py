@@ -199,3 +199,14 @@ def test_sharded_embed_user_errors(tiny_llama_dir, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_saved_embedder_folder_embeds_the_corpus(tiny_llama_dir, tmp_path, reference):
+    corpus, expected_lines = write_corpus(tmp_path / "corpus", (7, 5))
+    saved = tmp_path / "saved"
+    reference.save(str(saved))
+    out = tmp_path / "vectors"
+    argv = ["embed", "--embedder", str(saved), "--input", str(tmp_path / "corpus"), "--output", f"{out}/"]
+    assert main(argv) == 0
+    check_folder(out, corpus, expected_lines, reference)
+    assert json.loads((out / shards.MANIFEST).read_text())["config"]["embedder"] == {"embedder": str(saved)}

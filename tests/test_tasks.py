@@ -502,6 +502,10 @@ def test_search_and_sweep_select_on_any_task(tiny_llama, data, tmp_path, monkeyp
     assert row["details"]["SICK-pairclass"]["type"] == "pair-classification"
     with pytest.raises(PromptlabError, match="dev_pairs .a seeded subset. applies to STS-B dev only"):
         Benchmark(tasks=("TRECQA-rerank",), dev_pairs=5, data_dir=str(data))
+    # The printed table names the task it selected on.
+    from promptlab.experiments.search import format_top
+
+    assert format_top(list(rows.values())).splitlines()[0].startswith("| rank | TRECQA-rerank dev |")
 
 
 # --------------------------------------------------------------------------- the contamination set

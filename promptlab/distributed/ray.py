@@ -138,7 +138,7 @@ def connect(address: str | None = None, *, timeout: float | None = None) -> bool
     ray = _import_ray()
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
     if address not in (None, "local"):
         check_address(address, timeout)
         kwargs["address"] = address

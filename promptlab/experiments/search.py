@@ -166,7 +166,10 @@ def format_top(rows: list[dict[str, Any]], k: int = 10) -> str:
     """The top ``k`` candidates and the baseline as an aligned (markdown) table."""
     candidates, baseline = candidate_rows(rows)
     base = _num(baseline["score"]) if baseline else None
-    lines = ["| rank | STS-B dev | vs none | id | word | sentence |", "|---:|---:|---:|---|---|---|"]
+    fixed = next((r.get("fixed", {}) for r in [*candidates, baseline] if r), {})
+    tasks, split = fixed.get("tasks"), fixed.get("split", "dev")
+    scored_on = "STS-B dev" if tasks in (None, ["STSBenchmark"]) else f"{', '.join(tasks)} {split}"
+    lines = [f"| rank | {scored_on} | vs none | id | word | sentence |", "|---:|---:|---:|---|---|---|"]
     for rank, row in enumerate(candidates[:k], start=1):
         d = row["demonstration"]
         delta = "" if base is None else f"{_num(row['score']) - base:+.2f}"
