@@ -55,7 +55,7 @@ _UNBOUNDED = 10**8  # a tokenizer without a length limit reports a huge max_leng
 
 
 # -- saving -------------------------------------------------------------------------------------------------
-def _template_record(template) -> dict[str, Any]:
+def template_record(template) -> dict[str, Any]:
     return {
         "name": template.name,
         "kind": template.kind,
@@ -110,13 +110,13 @@ def embedder_config(embedder: Embedder) -> dict[str, Any]:
     max_length = embedder.prompts.max_length
     members = {}
     for member in embedder.members:
-        members[member.template.name] = _template_record(member.template)
+        members[member.template.name] = template_record(member.template)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "promptlab": promptlab.__version__,
         "model": _model_record(described),
-        "template": _template_record(embedder.template),
+        "template": template_record(embedder.template),
         "template_members": members,
         "demonstration": described.get("demonstration"),
         "layer": embedder.layer,

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promptlab.artifact import template_record
 from promptlab.errors import PromptlabError
 
 if TYPE_CHECKING:
@@ -33,16 +34,6 @@ MODULE_CLASS = "promptlab_prompt_embedding.PromptEmbedding"
 MODULE_CONFIG = "promptlab_prompt_embedding.json"
 
 
-def _prompt(template) -> dict[str, Any]:
-    return {
-        "name": template.name,
-        "kind": template.kind,
-        "text": template.text,
-        "pooling": template.pooling,
-        "normalize": template.normalize,
-    }
-
-
 def module_config(embedder: Embedder) -> dict[str, Any]:
     """What the exported module needs to rebuild promptlab's prompts and read-out."""
     import promptlab
@@ -50,7 +41,7 @@ def module_config(embedder: Embedder) -> dict[str, Any]:
     parts = embedder.members or [embedder]
     described = embedder.describe()
     return {
-        "prompts": [_prompt(part.template) for part in parts],
+        "prompts": [template_record(part.template) for part in parts],
         "layer": embedder.layer_index,
         "max_length": parts[0].prompts.max_length,
         "dtype": described.get("dtype") or "float32",
