@@ -15,6 +15,38 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def add_ray_args(p, what: str) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"run the {what} on Ray workers, each loading the model once: a local Ray, or a cluster's "
+        "host:port / ray://host:port / auto (extra [ray]); this process writes --output",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray workers (default: as many as the cluster fits, one per GPU where it has GPUs, else per CPU)",
+    )
+
+
+def ray_workers(args: argparse.Namespace):
+    """The `RayWorkers` that --ray asks for (its address checked now, before any work), or None."""
+    if not args.ray:
+        return None
+    from promptlab.distributed.ray import _import_ray, check_address
+    from promptlab.distributed.sweep import RayWorkers
+
+    workers = RayWorkers(args.ray, args.ray_workers)
+    _import_ray()  # a missing extra is named before any work
+    check_address(args.ray)
+    return workers
+
+
 # -- sweep ----------------------------------------------------------------------------------------------
 def make_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="models x templates x layers x demonstrations x dtypes on STS-B dev")
@@ -29,6 +61,7 @@ def make_sweep_parser(sub) -> None:
         help="score on the dev split of this task instead (any task: STSBenchmark, TRECQA-rerank, "
         "SICK-pairclass, STSB-retrieval...); the row's score is its main metric x 100",
     )
+    add_ray_args(p, "forward passes")
     p.set_defaults(handler=sweep_command)
 
 
@@ -44,7 +77,7 @@ def sweep_command(args: argparse.Namespace) -> int:
             print(f"{job.model} {job.dtype} {job.template_name} demo={job.demo_id} layers={list(job.layers)}")
         return 0
     started = time.perf_counter()
-    rows = run_sweep(config, args.output, log=_log)
+    rows = run_sweep(config, args.output, log=_log, workers=ray_workers(args))
     best = max((r for r in rows if r.get("score") is not None), key=lambda r: r["score"], default=None)
     if best:
         k = best["key"]
@@ -89,6 +122,7 @@ def make_search_parser(sub) -> None:
         help="select on the dev split of this task instead of STS-B dev (any task: STSBenchmark, TRECQA-rerank, "
         "SICK-pairclass, STSB-retrieval...); the row's score is its main metric x 100",
     )
+    add_ray_args(p, "candidates")
     p.set_defaults(handler=search_command)
 
 
@@ -119,6 +153,7 @@ def search_command(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         pool_name=args.pool,
         log=_log,
+        workers=ray_workers(args),
     )
     print(format_top(rows, args.top))
     _log(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from promptlab.demonstrations import Demonstration
 from promptlab.errors import PromptlabError
 from promptlab.experiments.results import ResultsFile, read_rows
 from promptlab.experiments.scoring import Benchmark
+from promptlab.experiments.workers import Here, Workers, load_transformers
 
 KIND = "demo-search"
 BASELINE = "none"
@@ -40,11 +43,15 @@ def run_search(
     pool_name: str = "",
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    workers: Workers | None = None,
 ) -> list[dict[str, Any]]:
-    """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first."""
+    """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first.
+
+    ``workers`` scores the candidates elsewhere (`promptlab.distributed.sweep.RayWorkers`, each worker
+    loading the model once); this process still skips finished candidates and writes every row.
+    """
     from promptlab.backends import resolve_dtype
     from promptlab.demonstrations import with_demonstration
-    from promptlab.embedder import Embedder
     from promptlab.registry import get_template
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -84,52 +91,83 @@ def run_search(
             f" {base.name}, layer {layer}"
         )
         if todo:
-            if backend is None:
-                from promptlab.backends import load_backend
-
-                backend = load_backend("transformers", model, dtype=dtype)
-            digest = backend.describe().get("model_file_sha256")
+            if backend is not None and workers is not None:
+                raise PromptlabError("pass a loaded backend or workers that load the model, not both.")
             stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
-            if digest and stored and stored != {digest}:
-                raise PromptlabError(
-                    f"{output}: rows were computed from other weights of {model}; use another output."
-                )
-        for number, demo in enumerate(todo, start=1):
-            embedder = Embedder(
-                backend,
-                base,
-                layer=layer,
-                batch_size=batch_size,
-                batch_tokens=batch_tokens,
-                max_length=max_length,
-                demonstration=demo,
-            )
-            index = embedder.layer_index
-            records, seconds = benchmark.score_layers(embedder, [index], progress=progress)
-            record = records[index]
-            results.append(
-                {"demonstration": demo.id if demo else BASELINE},
-                {
-                    "demonstration": demo.to_dict() if demo else None,
-                    "baseline": demo is None,
-                    "score": record["average"],
-                    "scores": record["scores"],
-                    "config": {
-                        **embedder.describe(),
-                        "batch_size": embedder.batch_size,
-                        "batch_tokens": embedder.batch_tokens,
-                    },
-                    "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
-                    "seconds": seconds,
-                },
-            )
-            name = demo.id if demo else "(no demonstration)"
-            score = record["average"]
-            log(
-                f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} ({seconds:.1f} s)"
-            )
+
+            def check(digest: str | None) -> None:
+                if digest and stored and stored != {digest}:
+                    raise PromptlabError(
+                        f"{output}: rows were computed from other weights of {model}; use another output."
+                    )
+
+            load = load_transformers
+            if workers is None:
+                workers = Here()
+
+                def load(model: str, dtype: str):  # refuses other weights before the first candidate
+                    loaded = backend if backend is not None else load_transformers(model, dtype)
+                    check(loaded.describe().get("model_file_sha256"))
+                    return loaded
+
+            settings = Candidate(base, layer, benchmark, batch_size, batch_tokens, max_length, progress)
+            jobs = [((model, dtype), demo) for demo in todo]
+            with closing(workers.run(jobs, settings.score, load, log)) as done:
+                for number, (index, (key, payload)) in enumerate(done, start=1):
+                    check(payload["config"].get("model_file_sha256"))
+                    results.append(key, payload)
+                    demo = todo[index]
+                    name = demo.id if demo else "(no demonstration)"
+                    score, seconds = payload["score"], payload["seconds"]
+                    log(
+                        f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} "
+                        f"({seconds:.1f} s)"
+                    )
         rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
         return sorted(rows, key=lambda r: -_num(r.get("score")))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """How a search scores one candidate; `score` runs wherever the candidate runs (here or a worker)."""
+
+    template: Any  # the registry's Template
+    layer: int
+    benchmark: Benchmark
+    batch_size: int | None
+    batch_tokens: int | str | None
+    max_length: int | None
+    progress: bool | None
+
+    def score(self, backend, demo: Demonstration | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The row ``(key, payload)`` of ``demo`` (None: the no-demonstration baseline)."""
+        from promptlab.embedder import Embedder
+
+        embedder = Embedder(
+            backend,
+            self.template,
+            layer=self.layer,
+            batch_size=self.batch_size,
+            batch_tokens=self.batch_tokens,
+            max_length=self.max_length,
+            demonstration=demo,
+        )
+        index = embedder.layer_index
+        records, seconds = self.benchmark.score_layers(embedder, [index], progress=self.progress)
+        record = records[index]
+        return {"demonstration": demo.id if demo else BASELINE}, {
+            "demonstration": demo.to_dict() if demo else None,
+            "baseline": demo is None,
+            "score": record["average"],
+            "scores": record["scores"],
+            "config": {
+                **embedder.describe(),
+                "batch_size": embedder.batch_size,
+                "batch_tokens": embedder.batch_tokens,
+            },
+            "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
+            "seconds": seconds,
+        }
 
 
 def _num(value) -> float:

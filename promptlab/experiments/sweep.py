@@ -21,14 +21,17 @@ The whole config is checked before any model loads: unknown model, template or d
 suggestions), layers outside the model's range (with its layer count), templates that take no
 demonstration. One forward pass per (model, dtype, template, demonstration) serves all its layers
 (`Embedder.encode_layers`). Each finished (model, template, layer, demonstration, dtype) is one JSONL row,
-fsynced as it is written; rerunning skips finished rows (`promptlab.experiments.results`).
+fsynced as it is written; rerunning skips finished rows (`promptlab.experiments.results`). The forward
+passes run here or on Ray workers (``--ray``, `promptlab.distributed.sweep`); this process writes the rows.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import tomllib
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from promptlab.config_types import as_toml, check_type, is_type
 from promptlab.errors import PromptlabError
 from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
+from promptlab.experiments.workers import Here, Workers, load_transformers
 
 NO_DEMO = "none"
 _TOP_KEYS = {
@@ -272,10 +276,13 @@ def run_sweep(
     layer_count: Callable[[str], int] = default_layer_count,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    workers: Workers | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) a sweep into ``output``; returns every row of the file, old and new."""
-    from promptlab.embedder import Embedder
+    """Run (or resume) a sweep into ``output``; returns every row of the file, old and new.
 
+    ``workers`` runs the forward passes elsewhere (`promptlab.distributed.sweep.RayWorkers`); this process
+    still plans, skips finished rows and writes every row. Default: one after another, here.
+    """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     jobs = plan(config, layer_count=layer_count)
     results = ResultsFile(output, "sweep", config.fixed())
@@ -301,67 +308,85 @@ def run_sweep(
             f"sweep {config.name or config.path}: {len(jobs)} forward pass(es) planned, {len(results.rows)} rows "
             f"already done, {n_rows} rows to do, on {config.benchmark.label()}"
         )
-        loader = loader or _load
-        backends: dict[tuple[str, str], Any] = {}
-        for job, layers, identity in pending:
-            backend_key = (job.model, job.dtype)
-            if backend_key not in backends:
-                backends.clear()  # one model in memory at a time
-                backends[backend_key] = loader(job.model, job.dtype)
-                _check_same_weights(results, job.model, backends[backend_key], output)
-            embedder = Embedder(
-                backends[backend_key],
-                job.template,
-                layer=layers[0],
-                batch_size=config.batch_size,
-                batch_tokens=config.batch_tokens,
-                max_length=config.max_length,
-                demonstration=job.demonstration,
-            )
-            records, seconds = config.benchmark.score_layers(embedder, list(layers), progress=progress)
-            described = embedder.describe()
-            for layer in layers:
-                record = records[layer]
-                results.append(
-                    row_key(job.model, job.dtype, job.template_name, job.demo_id, layer),
-                    {
-                        "score": record["average"],
-                        "scores": record["scores"],
-                        "identity": identity,
-                        "config": {
-                            **described,
-                            "template": job.template_name,
-                            "layer": layer,
-                            "layer_index": layer,
-                            "batch_size": embedder.batch_size,
-                            "batch_tokens": embedder.batch_tokens,
-                        },
-                        "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
-                        "details": record.get("details"),
-                        "forward_seconds": seconds,
-                        "layers_in_forward": len(layers),
-                    },
+        if not pending:
+            return list(results)
+        loader = loader or load_transformers
+        load = loader
+        if workers is None:
+            workers = Here()
+
+            def load(model: str, dtype: str):  # refuses other weights before their first forward
+                backend = loader(model, dtype)
+                _check_same_weights(results, model, backend.describe().get("model_file_sha256"), output)
+                return backend
+
+        work = functools.partial(score_job, config, progress)
+        grouped = [((todo[0].model, todo[0].dtype), todo) for todo in pending]
+        with closing(workers.run(grouped, work, load, log)) as done:
+            for index, rows in done:
+                job, layers, _ = pending[index]
+                _check_same_weights(results, job.model, rows[0][1]["config"].get("model_file_sha256"), output)
+                for key, payload in rows:
+                    results.append(key, payload)
+                scores = {key["layer"]: payload["score"] for key, payload in rows}
+                best = max(layers, key=lambda layer: _num(scores[layer]))
+                log(
+                    f"  {job.model} {job.dtype} {job.template_name} demo={job.demo_id}: {len(layers)} layer(s) in "
+                    f"{rows[0][1]['forward_seconds']:.1f} s; best layer {best}: {_num(scores[best]):.2f}"
                 )
-            best = max(layers, key=lambda layer: _num(records[layer]["average"]))
-            log(
-                f"  {job.model} {job.dtype} {job.template_name} demo={job.demo_id}: {len(layers)} layer(s) in "
-                f"{seconds:.1f} s; best layer {best}: {_num(records[best]['average']):.2f}"
-            )
         return list(results)
+
+
+def score_job(config: SweepConfig, progress: bool | None, backend, todo) -> list[tuple[dict, dict]]:
+    """The rows ``(key, payload)`` of one forward pass: ``todo`` is (job, layers, identity), every layer
+    scored from one `encode_layers` call. Runs wherever the job runs; the driver writes the rows."""
+    from promptlab.embedder import Embedder
+
+    job, layers, identity = todo
+    embedder = Embedder(
+        backend,
+        job.template,
+        layer=layers[0],
+        batch_size=config.batch_size,
+        batch_tokens=config.batch_tokens,
+        max_length=config.max_length,
+        demonstration=job.demonstration,
+    )
+    records, seconds = config.benchmark.score_layers(embedder, list(layers), progress=progress)
+    described = embedder.describe()
+    rows = []
+    for layer in layers:
+        record = records[layer]
+        rows.append(
+            (
+                row_key(job.model, job.dtype, job.template_name, job.demo_id, layer),
+                {
+                    "score": record["average"],
+                    "scores": record["scores"],
+                    "identity": identity,
+                    "config": {
+                        **described,
+                        "template": job.template_name,
+                        "layer": layer,
+                        "layer_index": layer,
+                        "batch_size": embedder.batch_size,
+                        "batch_tokens": embedder.batch_tokens,
+                    },
+                    "data": {k: v for k, v in record.items() if k not in ("scores", "details")},
+                    "details": record.get("details"),
+                    "forward_seconds": seconds,
+                    "layers_in_forward": len(layers),
+                },
+            )
+        )
+    return rows
 
 
 def _num(value) -> float:
     return float("-inf") if value is None else float(value)
 
 
-def _load(model: str, dtype: str):
-    from promptlab.backends import load_backend
-
-    return load_backend("transformers", model, dtype=dtype)
-
-
-def _check_same_weights(results: ResultsFile, model: str, backend, output) -> None:
-    digest = backend.describe().get("model_file_sha256")
+def _check_same_weights(results: ResultsFile, model: str, digest: str | None, output) -> None:
     for row in results:
         theirs = row.get("config", {}).get("model_file_sha256")
         if row["key"].get("model") == model and theirs and digest and theirs != digest:
