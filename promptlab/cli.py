@@ -325,6 +325,40 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- mteb -----------------------------------------------------------------------------------------------
+def make_mteb_parser(sub) -> None:
+    p = sub.add_parser("mteb", help="score an embedder on MTEB tasks with mteb's own scorers (needs [mteb])")
+    _add_model_args(p)
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated MTEB task names, e.g. STSBenchmark,SICK-R,AskUbuntuDupQuestions; their data "
+        "comes from the Hugging Face Hub",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where mteb writes its result files (results/<model>/<revision>/<task>.json); a rerun into "
+        "the same folder scores only the tasks missing there",
+    )
+    p.set_defaults(handler=mteb_command)
+
+
+def mteb_command(args: argparse.Namespace) -> int:
+    from promptlab.evaluation.mteb_adapter import load_mteb_tasks, mteb_encoder, run_mteb
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = load_mteb_tasks(names)  # names and data are checked before the model loads
+    embedder = _build_and_report(args)
+    rows = run_mteb(mteb_encoder(embedder), tasks, output_dir=args.output_dir, progress=sys.stderr.isatty())
+    width = max(len(name) for name, _, _ in rows)
+    for name, metric, score in rows:
+        print(f"{name:<{width}}  {score:6.2f}  {metric}")
+    if args.output_dir:
+        print(f"mteb result files in {args.output_dir}", file=sys.stderr)
+    return 0
+
+
 def _build_and_report(args: argparse.Namespace):
     """`build_embedder`, saying on stderr what was loaded and how long loading took (apart from the work)."""
     started = time.perf_counter()
@@ -648,6 +682,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     for make in (
         make_eval_parser,
+        make_mteb_parser,
         make_embed_parser,
         make_templates_parser,
         make_demonstrations_parser,
@@ -678,6 +713,16 @@ COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
             "promptlab eval --tasks STSBenchmark --split dev --layer 20 --output dev.json",
             "promptlab eval --tasks TRECQA-rerank,SICK-pairclass,STSB-retrieval --split dev",
             "promptlab eval --model minilm-l6 --template none --pooling mean",
+        ],
+    ),
+    "mteb": (
+        "Score an embedder on MTEB tasks (Muennighoff et al., 2023) with mteb's own scorers, through "
+        "promptlab's encoder adapter: the template gives the prompt, MTEB's task instructions are not "
+        "added. Needs the mteb extra (pip install 'promptlab[mteb]') and the Hugging Face Hub, where MTEB "
+        "keeps its task data; task names and data are checked before the model loads.",
+        [
+            "promptlab mteb --model smollm2-135m --template prompteol --tasks STSBenchmark",
+            "promptlab mteb --embedder my-embedder/ --tasks STSBenchmark,SICK-R --output-dir mteb-results/",
         ],
     ),
     "embed": (
@@ -721,6 +766,7 @@ COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
         [
             "promptlab sweep experiments/sweep-smollm2-templates.toml --check",
             "promptlab sweep experiments/sweep-smollm2-templates.toml --output sweep.jsonl",
+            "promptlab sweep CONFIG.toml --output sweep.jsonl --ray --ray-workers 2   # on Ray workers",
         ],
     ),
     "search-demos": (

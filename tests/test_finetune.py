@@ -181,6 +181,11 @@ def config(tmp_path: Path, senteval: Path, **overrides) -> FinetuneConfig:
         ({"lora_dropout": 1.0}, "lora_dropout = 1.0 must be in [0, 1)"),
         ({"holdout": "all"}, "holdout = 'all' is not one of pairs, sentences, none"),
         ({"target_modules": []}, "target_modules must be a non-empty list"),
+        (
+            {"select_on": "STS12"},
+            "select_on: STS12 has no dev split to select on; choose one of STSBenchmark",
+        ),
+        ({"select_on": "trecqa-rerak"}, "select_on: unknown task 'trecqa-rerak'"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, senteval, overrides, message):
@@ -608,6 +613,38 @@ def test_promptbert_objectives_train_on_an_encoder(tmp_path, senteval, tiny_bert
         and result.best_step == 2
         and (tmp_path / "run" / "best" / "adapter_config.json").is_file()
     )
+
+
+@pytest.mark.parametrize("task", ["STSBenchmark", "SICKRelatedness", "SICK-pairclass", "TRECQA-rerank"])
+def test_dev_score_is_evaluate_on_the_select_on_task(tmp_path, tiny_llama, task):
+    from test_evaluation import write_fake_senteval
+    from test_tasks import write_sick_entailment, write_trecqa
+
+    from promptlab.evaluation import evaluate
+
+    data_dir = write_fake_senteval(tmp_path / "data/senteval")
+    write_sick_entailment(data_dir)
+    write_trecqa(tmp_path / "data")
+    cfg = config(tmp_path, data_dir, select_on=task.lower())  # any spelling; the catalog name is kept
+    assert cfg.select_on == task
+    trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY))
+    plain = Embedder(backend_for(fresh(tiny_llama)), cfg.template, layer=cfg.layer)  # LoRA's B starts at 0
+    expected = evaluate(plain.encode, [task], split="dev", data_dir=data_dir)[task]
+    assert not math.isnan(expected)
+    assert trainer.dev_score() == pytest.approx(expected, abs=1e-4)
+    assert trainer.adapter_metadata(0, expected)["dev_task"] == task
+
+
+def test_missing_dev_data_fails_before_the_model_loads(tmp_path, senteval):
+    cfg = config(tmp_path, senteval, select_on="TRECQA-rerank")  # the fixture folder has no TREC QA
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the dev data was read")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("promptlab.backends.load_backend", no_model)
+        with pytest.raises(PromptlabError, match="TRECQA|answer-selection"):
+            Trainer(cfg, data=TrainingData(TOY))
 
 
 # --------------------------------------------------------------------------- adapters through the Embedder

@@ -111,12 +111,20 @@ class FinetuneConfig:
     seed: int = field(default=0, metadata={"help": "seeds data order, LoRA init and dropout"})
 
     eval_every: int = field(
-        default=50, metadata={"help": "STS-B dev score every K steps (0: only at the end)"}
+        default=50, metadata={"help": "dev score (`select_on`) every K steps (0: only at the end)"}
+    )
+    select_on: str = field(
+        default="STSBenchmark",
+        metadata={
+            "help": "the task whose dev split picks the best checkpoint: any task with a dev split "
+            "(STSBenchmark, SICKRelatedness, TRECQA-rerank, SICK-pairclass, STSB-retrieval)"
+        },
     )
     dev_pairs: int | None = field(
-        default=500, metadata={"help": "seeded STS-B dev subset size (0: all 1,500)"}
+        default=500,
+        metadata={"help": "seeded subset of an STS `select_on` task's dev pairs (0: all; STS-B has 1,500)"},
     )
-    dev_seed: int = field(default=0, metadata={"help": "seed of the STS-B dev subset"})
+    dev_seed: int = field(default=0, metadata={"help": "seed of the dev subset"})
     save_every: int | None = field(
         default=None, metadata={"help": "checkpoint every K steps (default eval_every)"}
     )
@@ -181,6 +189,12 @@ class FinetuneConfig:
             self.eval_every >= 0,
             f"eval_every = {self.eval_every} must be >= 0 (0: evaluate only at the end).",
         )
+        from promptlab.evaluation.selection import check_selection_task
+
+        try:
+            self.select_on = check_selection_task(self.select_on)
+        except PromptlabError as err:
+            raise PromptlabError(f"finetune config: select_on: {err}") from None
         if self.dev_pairs == 0:
             self.dev_pairs = None
         need(

@@ -1,10 +1,10 @@
-"""The CSE training loop: LoRA on a prompt embedding, STS-B dev every K steps, best adapter kept, resumable.
+"""The CSE training loop: LoRA on a prompt embedding, a dev score every K steps, best adapter kept, resumable.
 
 Output folder::
 
     finetune.json        the full config, the data report, the base model's identity, versions
     log.jsonl            append-only: start / resume / eval (step, loss, dev score, lr, time) / end
-    best/                the adapter with the best STS-B dev score (+ promptlab_adapter.json)
+    best/                the adapter with the best dev score on `select_on` (+ promptlab_adapter.json)
     checkpoint-last/     the latest adapter + trainer_state.pt (optimizer, scheduler, RNG states, step)
 
 Resuming restores the adapter, the optimizer and scheduler state and every RNG, and the data order is a
@@ -148,6 +148,12 @@ class Trainer:
             raise PromptlabError(
                 f"only {len(self.data)} training example(s); in-batch negatives need at least 2."
             )
+        from promptlab.evaluation.selection import load_selection_task
+
+        # The dev data is read before the model loads, so a missing file fails in a second.
+        self._dev = load_selection_task(
+            config.select_on, config.data_dir, n_pairs=config.dev_pairs, seed=config.dev_seed
+        )
         if parallel is not None:  # before the model loads
             parallel.check_batch_size(min(config.batch_size, len(self.data)))
         if backend is None:
@@ -206,7 +212,6 @@ class Trainer:
         self.best_step: int | None = None
         self.history: list[dict] = []
         self.loss_window: list[float] = []
-        self._dev = None
 
     # -- schedule and data order ---------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -227,17 +232,13 @@ class Trainer:
 
     # -- dev score -----------------------------------------------------------------------------------------
     def dev_score(self) -> float:
-        """Spearman x 100 on the (seeded subset of) STS-B dev, through the `Embedder` itself."""
-        from promptlab.evaluation import score_encoder, sts_dev
+        """The main score x 100 of `select_on`'s dev split (STS-B: Spearman on a seeded subset), through
+        the `Embedder` itself."""
+        from promptlab.evaluation.selection import score_task
 
-        if self._dev is None:
-            self._dev = sts_dev(
-                self.config.data_dir, n_pairs=self.config.dev_pairs, seed=self.config.dev_seed
-            )
         weights_changed(self.backend)  # a prefix KV cache from the last dev score is stale now
         with scoring_mode(self.model):  # eval mode, 4-bit layers kept trainable
-            # `Embedder.encode` embeds each distinct sentence once, so both sides go in as they are.
-            return float(score_encoder(partial(self.view.encode, show_progress_bar=False), self._dev))
+            return score_task(self._dev, partial(self.view.encode, show_progress_bar=False))
 
     # -- saving --------------------------------------------------------------------------------------------
     def adapter_metadata(self, step: int, dev: float | None) -> dict[str, Any]:
@@ -250,7 +251,8 @@ class Trainer:
             "layer": self.config.layer,
             "step": step,
             "dev_spearman": dev,
-            "dev_pairs": len(self._dev) if self._dev is not None else None,
+            "dev_task": self._dev.name,
+            "dev_pairs": self._dev.n_items,
             "config": self.config.to_dict(),
             "promptlab": promptlab.__version__,
         }
