@@ -194,8 +194,9 @@ def _saved_embedder_options(args: argparse.Namespace) -> dict:
         "cache_dir": _embedding_cache_dir(args),
         "compile": getattr(args, "compile", False),
     }
-    if _engine_options(args):
-        options["engine_options"] = _engine_options(args)
+    engine = _engine_options(args)
+    if engine:
+        options["engine_options"] = engine
     if getattr(args, "merge_adapter", False):
         options["merge_adapter"] = True
     if args.no_normalize_input:

@@ -267,6 +267,7 @@ class Embedder:
         order = sorted(todo, key=lambda i: -len(prompts[i].ids))
         prefix = shared_prefix_length([p.ids for p in prompts.values()]) if self.use_prefix_cache else 0
         batch_size = batch_size or self.batch_size
+        lengths = [len(prompts[i].ids) - prefix for i in order]  # tokens each row runs (the prefix once)
         n_tokens = 0
         pending: list[int] = []  # rows computed but not yet in the disk cache
         flushed = time.perf_counter()
@@ -289,14 +290,12 @@ class Embedder:
                 enabled=show_progress_bar,
                 min_total=batch_size,
                 interval=PROGRESS_SECONDS,
-                total_work=sum(len(prompts[i].ids) - prefix for i in order),  # tokens: the ETA follows them
+                total_work=sum(lengths),  # rows differ in cost (longest first): the ETA follows tokens
             ) as progress,
             _finally(flush),  # an interrupted job keeps every batch it finished
         ):
             # Length-sorted rows cut where padding and per-forward costs are least (`promptlab.batching`).
-            for span in plan_batches(
-                [len(prompts[i].ids) - prefix for i in order], batch_size, max_tokens=self.batch_tokens
-            ):
+            for span in plan_batches(lengths, batch_size, max_tokens=self.batch_tokens):
                 rows = order[span.start : span.stop]
                 batch = pad_batch(
                     [prompts[i] for i in rows], pad_id=self.pad_id, padding_side=self.padding_side
@@ -306,7 +305,7 @@ class Embedder:
                 for index, vectors in self.backend.embed(batch, self.template.pooling, wanted).items():
                     out[index][rows] = vectors.numpy()
                 pending.extend(rows)
-                progress.update(len(rows), work=sum(len(prompts[i].ids) - prefix for i in rows))
+                progress.update(len(rows), work=sum(lengths[span.start : span.stop]))
                 if time.perf_counter() - flushed >= CACHE_FLUSH_SECONDS:
                     flush()
                     flushed = time.perf_counter()

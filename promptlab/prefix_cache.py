@@ -19,6 +19,7 @@ forward, that the model is causal and that its forward accepts ``past_key_values
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,9 +78,18 @@ class _JoinedStates(Sequence):
         return out.masked_fill(~self._real.unsqueeze(-1), 0.0)
 
 
+_CAUSAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> is_causal(model), probed once
+
+
 def is_causal(model) -> bool | None:
     """Whether ``model`` is a causal decoder (True) or attends both ways, as encoders do (False), by
-    probing it on 3 tokens; None when the probe cannot run."""
+    probing it on 3 tokens (once per model); None when the probe cannot run."""
+    if model not in _CAUSAL:
+        _CAUSAL[model] = _probe_causal(model)
+    return _CAUSAL[model]
+
+
+def _probe_causal(model) -> bool | None:
     device = next(model.parameters()).device
     ids = torch.tensor([[1, 2, 3]], device=device)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}

@@ -80,11 +80,9 @@ class TransformersBackend:
     @property
     def causal(self) -> bool | None:
         """True for a causal decoder, False for a model that attends both ways (an encoder), None if unknown."""
-        if getattr(self, "_causal", ("?", None))[0] is not self.model:
-            from promptlab.prefix_cache import is_causal
+        from promptlab.prefix_cache import is_causal
 
-            self._causal = (self.model, is_causal(self.model))
-        return self._causal[1]
+        return is_causal(self.model)
 
     def compile(self) -> None:
         """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
