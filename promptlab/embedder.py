@@ -192,7 +192,7 @@ class Embedder:
             cache_dir=cache_dir,
         )
         self.members = [Embedder(self.backend, name, layer, **options) for name in template.members]
-        if template.kind == "next_token" and getattr(self.backend, "causal", None) is False:
+        if template.kind == "next_token" and getattr(self.backend, "attends_both_ways", None):
             warnings.warn(
                 f"template {template.name!r} reads the next-token position, which only a causal decoder (LLaMA, "
                 f"Qwen, OPT...) fills with a prediction; {self.backend.describe().get('model')!r} attends both "

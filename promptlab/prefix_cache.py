@@ -78,18 +78,39 @@ class _JoinedStates(Sequence):
         return out.masked_fill(~self._real.unsqueeze(-1), 0.0)
 
 
-_CAUSAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> is_causal(model), probed once
+_CHANGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _probe_change(model), once
+# A causal model's earlier states do not depend on later tokens: they agree up to rounding (1e-3 here, as
+# bf16 rounds). Quantized kernels that pick another path for another length move them more, but a model
+# that attends both ways moves them far more than `BIDIRECTIONAL_CHANGE`.
+CAUSAL_CHANGE = 1e-3
+# Same-length probe: causal models, quantized ones too, stay within 3e-6; encoders move 1.5e-3 (all-mpnet-base-v2,
+# bf16) to 0.1 (all-MiniLM-L6-v2), a tiny random BERT 3e-3.
+BIDIRECTIONAL_CHANGE = 1e-4
 
 
 def is_causal(model) -> bool | None:
-    """Whether ``model`` is a causal decoder (True) or attends both ways, as encoders do (False), by
-    probing it on 3 tokens (once per model); None when the probe cannot run."""
-    if model not in _CAUSAL:
-        _CAUSAL[model] = _probe_causal(model)
-    return _CAUSAL[model]
+    """Whether ``model`` is a causal decoder to rounding (True: a prefix's states can be reused), probed on
+    3 tokens once per model; None when the probe cannot run."""
+    probe = _state_change(model)
+    return None if probe is None else probe[0]
 
 
-def _probe_causal(model) -> bool | None:
+def attends_both_ways(model) -> bool | None:
+    """Whether ``model`` lets later tokens change earlier states (an encoder), beyond what rounding or
+    quantized kernels explain; None when the probe cannot run."""
+    probe = _state_change(model)
+    return None if probe is None else probe[1] > BIDIRECTIONAL_CHANGE
+
+
+def _state_change(model) -> tuple[bool, float] | None:
+    if model not in _CHANGE:
+        _CHANGE[model] = _probe_change(model)
+    return _CHANGE[model]
+
+
+def _probe_change(model) -> tuple[bool, float] | None:
+    """(the first two tokens' states agree with and without a third, to rounding; how much the third
+    changes them, relative to their size)."""
     device = next(model.parameters()).device
     ids = torch.tensor([[1, 2, 3]], device=device)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
@@ -97,11 +118,20 @@ def _probe_causal(model) -> bool | None:
         with torch.inference_mode():
             full = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
             head = model(input_ids=ids[:, :2], attention_mask=torch.ones_like(ids[:, :2]), **extra)
+        # Two sequences of one length that differ only in their last token run the same kernels, so
+        # quantized ones too give a causal model's first two tokens the same states.
+        pair = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
+        with torch.inference_mode():
+            other = model(
+                input_ids=pair, attention_mask=torch.ones_like(pair), **extra
+            ).last_hidden_state.float()
     except Exception:  # a model that cannot run this probe: unknown
         return None
     a, b = full.last_hidden_state[0, :2].float(), head.last_hidden_state[0].float()
-    # A causal model gives the first two tokens the same states whatever follows; an encoder does not.
-    return bool(torch.allclose(a, b, atol=1e-3 * (1 + float(b.abs().max())), rtol=1e-3))
+    tolerance = CAUSAL_CHANGE * (1 + float(b.abs().max()))
+    same = bool(torch.allclose(a, b, atol=tolerance, rtol=CAUSAL_CHANGE))
+    x, y = other[0, :2], other[1, :2]
+    return same, float((x - y).abs().max() / (1 + y.abs().max()))
 
 
 class PrefixKVCache:

@@ -78,11 +78,12 @@ class TransformersBackend:
         self.prefix_cache.supported(self.model)
 
     @property
-    def causal(self) -> bool | None:
-        """True for a causal decoder, False for a model that attends both ways (an encoder), None if unknown."""
-        from promptlab.prefix_cache import is_causal
+    def attends_both_ways(self) -> bool | None:
+        """True for a model whose later tokens change earlier states (an encoder), False for a causal
+        decoder (quantized ones included), None if unknown."""
+        from promptlab.prefix_cache import attends_both_ways
 
-        return is_causal(self.model)
+        return attends_both_ways(self.model)
 
     def compile(self) -> None:
         """Run no-grad forwards through ``torch.compile`` (inductor; dynamic shapes, one graph).
