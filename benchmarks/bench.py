@@ -179,14 +179,13 @@ def row_promptlab(model: str, sentences: list[str], rows: int | None, **options)
     warmup = time.perf_counter()
     embedder.encode(sentences[:32])  # warm-up (the engine start for vllm, the compile for --compile)
     warmup = time.perf_counter() - warmup
-    cache = getattr(embedder.backend, "prefix_cache", None)
-    if cache is not None:
-        cache.clear()  # the timed run computes its prefix itself
+    embedder.backend.clear_caches()  # the timed run computes its prefix itself
+    cached = embedder.backend.name == "transformers"  # the backend that keeps a prefix KV cache
     start, cpu = time.perf_counter(), time.process_time()
     embedder.encode(sentences)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     stats = embedder.last_stats
-    prefix = stats["prefix_length"] if options.get("prefix_cache", True) and cache is not None else 0
+    prefix = stats["prefix_length"] if options.get("prefix_cache", True) and cached else 0
     processed = stats["tokens"] - prefix * stats["unique_sentences"] + prefix
     net = getattr(embedder.backend, "model", None)
     if net is not None:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for forward in ("fast", "transformers"):
             backend.use_fast_decoder = forward == "fast"
             for name, embedder in prompts.items():
-                backend.prefix_cache.clear()
+                backend.clear_caches()
                 start = time.perf_counter()
                 embedder.encode(sentences)
                 rates[name][forward].append(unique / (time.perf_counter() - start))

@@ -1,4 +1,5 @@
-"""STS cost and peak memory of bitsandbytes quantization (int8, nf4, fp4) against float32 and bfloat16.
+"""STS cost and peak memory of quantization (bitsandbytes int8/nf4/fp4, torchao int8-weight-only, llama.cpp
+on the model's GGUF file) against float32 and bfloat16.
 
 Each configuration runs in its own child process (peak RSS from wait4) on the same pairs: the test sets of
 the seven STS tasks (STS12-16 pooled over their subsets, as the "all" score), whole or a seeded sample of
@@ -32,6 +33,8 @@ CONFIGS = {
     "int8": {"quantization": "int8", "dtype": "float32"},
     "nf4": {"quantization": "nf4", "dtype": "float32"},
     "fp4": {"quantization": "fp4", "dtype": "float32"},
+    "int8-weight-only": {"quantization": "int8-weight-only", "dtype": "float32"},  # torchao
+    "llamacpp": {"backend": "llamacpp"},  # the model's own GGUF file (Q4_1, Q4_K_M...) through llama.cpp
 }
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
 

@@ -16,11 +16,11 @@ import sys
 
 from promptlab import Embedder
 from promptlab.backends import DTYPE_NAMES
-from promptlab.demonstrations import load_pool
+from promptlab.demonstrations import best_demonstration, load_pool
 from promptlab.errors import PromptlabError
 from promptlab.evaluation import load_task, score_encoder, subset_pairs
 from promptlab.experiments.scoring import Benchmark
-from promptlab.experiments.search import best_demonstration, format_top, run_search
+from promptlab.experiments.search import format_top, run_search
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from promptlab.version import __version__
 
 __all__ = ["Embedder", "__version__", "get_template", "list_templates"]
 

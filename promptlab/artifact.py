@@ -104,7 +104,7 @@ def _weights_sha256(folder: Path) -> str:
 
 def embedder_config(embedder: Embedder) -> dict[str, Any]:
     """The versioned config of a saved embedder (without the adapter's new location)."""
-    import promptlab
+    from promptlab.version import __version__
 
     described = embedder.describe()
     max_length = embedder.prompts.max_length
@@ -114,7 +114,7 @@ def embedder_config(embedder: Embedder) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "promptlab": promptlab.__version__,
+        "promptlab": __version__,
         "model": _model_record(described),
         "template": template_record(embedder.template),
         "template_members": members,
@@ -162,7 +162,7 @@ def save_embedder(embedder: Embedder, folder: str | Path, *, overwrite: bool = F
 # -- loading ------------------------------------------------------------------------------------------------
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The saved config of an embedder folder, or one built from a fine-tuning adapter folder."""
-    from promptlab.finetune.lora import ADAPTER_META
+    from promptlab.adapters import ADAPTER_META
 
     folder = Path(folder)
     path = folder / CONFIG_NAME
@@ -200,7 +200,7 @@ def _check_version(config: dict, path: Path) -> None:
 
 def _adapter_config(folder: Path) -> dict[str, Any]:
     """An embedder config for a fine-tuning adapter folder: its base, template and layer as trained."""
-    from promptlab.finetune.lora import read_adapter_meta
+    from promptlab.adapters import read_adapter_meta
 
     meta = read_adapter_meta(folder)
     base = meta.get("base") or {}
@@ -304,14 +304,12 @@ def _check_adapter(adapter: dict[str, Any], path: Path) -> None:
         )
 
 
-def load_embedder(folder: str | Path, **options) -> Embedder:
-    """Rebuild a saved embedder (or a fine-tuning adapter folder) from ``folder``.
+def load_embedder(embedder_class: type[Embedder], folder: str | Path, **options) -> Embedder:
+    """Rebuild a saved embedder (or a fine-tuning adapter folder) from ``folder`` (`Embedder.load`).
 
     ``options``: runtime options of `Embedder` (``device``, ``batch_size``, ``cache_dir``…) and, named
     explicitly, overrides of what was saved (``template``, ``layer``, ``max_length``, ``dtype``…).
     """
-    from promptlab.embedder import Embedder
-
     folder = Path(folder)
     unknown = set(options) - set(RUNTIME_OPTIONS) - set(OVERRIDES) - {"normalize_input"}
     if unknown:
@@ -345,7 +343,7 @@ def load_embedder(folder: str | Path, **options) -> Embedder:
     runtime = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS or k == "normalize_input"}
     if adapter and adapter.get("merged") and "merge_adapter" not in runtime:
         runtime["merge_adapter"] = True
-    embedder = Embedder(
+    embedder = embedder_class(
         resolved,
         template,
         layer=overridden.pop("layer", config.get("layer", -1)),

@@ -16,213 +16,15 @@ import threading
 import time
 from pathlib import Path
 
-from promptlab.backends import DTYPE_NAMES
-from promptlab.batching import BATCH_SIZE_HELP, CPU_BATCH_TOKENS, parse_batch_tokens
+from promptlab.cli_options import (
+    add_model_args,
+    build_embedder,
+    engine_options_of,
+    saved_embedder_options,
+)
 from promptlab.errors import PromptlabError
 
 CACHE_DIR_HELP = "promptlab's model cache (default: ~/.cache/promptlab, or $PROMPTLAB_CACHE)"
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, local dir, .gguf file or hub id")
-    p.add_argument(
-        "--template", default="prompteol", help="registry name (`promptlab templates`) or text with [X]"
-    )
-    p.add_argument(
-        "--layer", type=int, default=-1, help="hidden-state layer; -1 is the last, 0 the embeddings"
-    )
-    p.add_argument("--pooling", default=None, help="for prefix templates: cls | cls_mlp | mean | max | last")
-    add_dtype_arg(p)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    add_batch_args(p)
-    p.add_argument(
-        "--max-length",
-        type=max_length_arg,
-        default=None,
-        help="token budget per prompt (cut inside the slot); default: the model's own limit",
-    )
-    p.add_argument("--no-normalize-input", action="store_true", help="switch off the template's input rules")
-    p.add_argument("--demonstration", default=None, help="in-context example: an id, or best-of:SEARCH.jsonl")
-    p.add_argument(
-        "--adapter", default=None, help="a LoRA adapter folder from `promptlab finetune` (e.g. RUN/best)"
-    )
-    p.add_argument("--merge-adapter", action="store_true", help="merge the --adapter into the base weights")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"], help="vllm: extra")
-    p.add_argument("--quantization", default=None, choices=["int8", "nf4", "fp4"], help="bitsandbytes")
-    p.add_argument(
-        "--tensor-parallel-size",
-        type=int,
-        default=None,
-        help="--backend vllm: split each layer over this many GPUs (one node)",
-    )
-    p.add_argument(
-        "--pipeline-parallel-size",
-        type=int,
-        default=None,
-        help="--backend vllm: split the layers into this many stages (GPUs or nodes)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the forward (transformers backend): faster on long jobs after a 3-4 min compile",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="where computed vectors are kept and reused (default: ~/.cache/promptlab/embeddings, or "
-        "$PROMPTLAB_CACHE/embeddings)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
-    p.add_argument(
-        "--embedder",
-        default=None,
-        help="a saved embedder folder (`promptlab export`) or a finetune adapter folder; "
-        "--template/--layer/... given with it override what it saved",
-    )
-    mark_defaults(p, ("model", "template", "layer", "dtype", "backend"))
-
-
-def add_dtype_arg(p: argparse.ArgumentParser) -> None:
-    """``--dtype``, the same choices and default for every command that loads a model to embed."""
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPE_NAMES,
-        help="auto: bfloat16 where the CPU/GPU computes in it natively (AMX, AVX512-BF16, CUDA), else float32",
-    )
-
-
-def add_batch_args(p: argparse.ArgumentParser) -> None:
-    """``--batch-size`` and ``--batch-tokens``, the same for every command that embeds."""
-    p.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
-    p.add_argument(
-        "--batch-tokens",
-        type=_batch_tokens,
-        default="auto",
-        help=f"most padded tokens per forward: a number, 'none' (no cap) or auto ({CPU_BATCH_TOKENS} on CPU, else none)",
-    )
-
-
-def max_length_arg(value: str) -> int:
-    """``--max-length``: a positive number of tokens (0 or a negative number is refused, not "no limit")."""
-    try:
-        tokens = int(value)
-    except ValueError:
-        tokens = 0
-    if tokens < 1:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a positive number of tokens; give one, or leave --max-length out to use the "
-            "model's own limit"
-        )
-    return tokens
-
-
-def _batch_tokens(value: str):
-    try:
-        return parse_batch_tokens(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-class _DefaultStr(str):
-    """A default argparse filled in, told apart from the same value typed by the user."""
-
-
-class _DefaultInt(int):
-    """A default argparse filled in, told apart from the same value typed by the user."""
-
-
-def mark_defaults(p: argparse.ArgumentParser, names) -> None:
-    """Wrap the defaults of ``names`` so `given` can tell whether the user typed the option."""
-    for name in names:
-        value = p.get_default(name)
-        p.set_defaults(**{name: _DefaultInt(value) if isinstance(value, int) else _DefaultStr(value)})
-
-
-def given(value) -> bool:
-    """Whether an option marked by `mark_defaults` was typed by the user (None: not given)."""
-    return value is not None and not isinstance(value, _DefaultStr | _DefaultInt)
-
-
-def build_embedder(args: argparse.Namespace):
-    from promptlab.embedder import Embedder
-
-    if getattr(args, "embedder", None):
-        return Embedder.load(args.embedder, **_saved_embedder_options(args))
-    return Embedder(
-        args.model,
-        args.template,
-        layer=args.layer,
-        dtype=args.dtype,
-        pooling=args.pooling,
-        device=args.device,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        max_length=args.max_length,
-        normalize_input=False if args.no_normalize_input else None,
-        adapter=getattr(args, "adapter", None),
-        merge_adapter=getattr(args, "merge_adapter", False),
-        demonstration=getattr(args, "demonstration", None),
-        backend=getattr(args, "backend", "transformers"),
-        quantization=getattr(args, "quantization", None),
-        cache_dir=_embedding_cache_dir(args),
-        compile=getattr(args, "compile", False),
-        engine_options=_engine_options(args),
-    )
-
-
-def _engine_options(args: argparse.Namespace) -> dict | None:
-    """``vllm.LLM`` options from ``--tensor-parallel-size`` / ``--pipeline-parallel-size`` (None: none)."""
-    sizes = (getattr(args, "tensor_parallel_size", None), getattr(args, "pipeline_parallel_size", None))
-    if sizes == (None, None):
-        return None
-    from promptlab.backends.vllm import parallel_options
-
-    return parallel_options(*sizes)
-
-
-def _saved_embedder_options(args: argparse.Namespace) -> dict:
-    """`Embedder.load` options from the command line: runtime options, and the overrides the user typed."""
-    if given(getattr(args, "model", None)):
-        raise PromptlabError("--embedder brings its own model; drop --model (or drop --embedder).")
-    if getattr(args, "adapter", None):
-        raise PromptlabError("--embedder brings its own adapter; drop --adapter (or drop --embedder).")
-    options = {
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "batch_tokens": args.batch_tokens,
-        "cache_dir": _embedding_cache_dir(args),
-        "compile": getattr(args, "compile", False),
-    }
-    engine = _engine_options(args)
-    if engine:
-        options["engine_options"] = engine
-    if getattr(args, "merge_adapter", False):
-        options["merge_adapter"] = True
-    if args.no_normalize_input:
-        options["normalize_input"] = False
-    for name in (
-        "template",
-        "layer",
-        "dtype",
-        "backend",
-        "pooling",
-        "max_length",
-        "quantization",
-        "demonstration",
-    ):
-        if given(getattr(args, name, None)):
-            options[name] = getattr(args, name)
-    return options
-
-
-def _embedding_cache_dir(args: argparse.Namespace) -> str | None:
-    """The CLI caches vectors by default (models given by spec are hashed); --no-cache switches it off."""
-    if getattr(args, "no_cache", True):  # a Namespace built without the cache options: no cache
-        return None
-    from promptlab.cache import default_cache_dir
-
-    return getattr(args, "cache_dir", None) or str(default_cache_dir())
 
 
 def _check_output(path: str | None, overwrite: bool) -> Path | None:
@@ -262,7 +64,7 @@ def make_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="score a model + template on STS (Spearman x100 of cosine) and other task types"
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--tasks",
         default=None,
@@ -285,8 +87,8 @@ def make_eval_parser(sub) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    import promptlab
     from promptlab.evaluation import evaluate, format_table, load_suite
+    from promptlab.version import __version__
 
     output = _check_output(args.output, args.overwrite)
     tasks = (
@@ -310,7 +112,7 @@ def eval_command(args: argparse.Namespace) -> int:
             "kind": "eval",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "command": sys.argv,
-            "promptlab": promptlab.__version__,
+            "promptlab": __version__,
             "config": {
                 **embedder.describe(),
                 "batch_size": embedder.batch_size,
@@ -329,7 +131,7 @@ def eval_command(args: argparse.Namespace) -> int:
 # -- mteb -----------------------------------------------------------------------------------------------
 def make_mteb_parser(sub) -> None:
     p = sub.add_parser("mteb", help="score an embedder on MTEB tasks with mteb's own scorers (needs [mteb])")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--tasks",
         required=True,
@@ -400,7 +202,7 @@ def _work_line(stats: dict) -> str:
 # -- embed ----------------------------------------------------------------------------------------------
 def make_embed_parser(sub) -> None:
     p = sub.add_parser("embed", help="embed sentences from a file (txt: one per line; jsonl) or stdin")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--input",
         required=True,
@@ -455,7 +257,7 @@ def embedder_options(args: argparse.Namespace) -> dict:
         return str(value) if isinstance(value, str) else int(value)
 
     if getattr(args, "embedder", None):
-        options = {"embedder": absolute(args.embedder), **_saved_embedder_options(args)}
+        options = {"embedder": absolute(args.embedder), **saved_embedder_options(args)}
     else:
         options = {
             "model": absolute(args.model),
@@ -474,7 +276,7 @@ def embedder_options(args: argparse.Namespace) -> dict:
             "backend": getattr(args, "backend", "transformers"),
             "quantization": getattr(args, "quantization", None),
             "compile": getattr(args, "compile", False),
-            "engine_options": _engine_options(args),
+            "engine_options": engine_options_of(args),
         }
     # Shards are their own resumption: vectors go to the embedding cache only when --cache-dir asks.
     options["cache_dir"] = None if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
@@ -669,14 +471,15 @@ def make_models_parser(sub) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    import promptlab
+    from promptlab.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="promptlab", description="Sentence embeddings from language models by prompting."
     )
-    parser.add_argument("--version", action="version", version=f"promptlab {promptlab.__version__}")
+    parser.add_argument("--version", action="version", version=f"promptlab {__version__}")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     from promptlab.experiments.cli import make_report_parser, make_search_parser, make_sweep_parser
+    from promptlab.experiments.scaling_cli import make_scaling_parser
     from promptlab.export.cli import make_export_parser
     from promptlab.finetune.cli import make_finetune_parser
     from promptlab.serve.cli import make_serve_parser
@@ -692,6 +495,7 @@ def make_parser() -> argparse.ArgumentParser:
         make_sweep_parser,
         make_search_parser,
         make_report_parser,
+        make_scaling_parser,
         make_serve_parser,
         make_export_parser,
     ):
@@ -779,8 +583,22 @@ COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "report": (
-        "Turn sweep and search results into report.md with tables and PNG plots.",
-        ["promptlab report sweep.jsonl search.jsonl --output-dir report/"],
+        "Turn sweep and search results into report.md with tables and PNG plots; given a scaling plan "
+        "(.toml), the scaling report: every model x method and the average against parameters.",
+        [
+            "promptlab report sweep.jsonl search.jsonl --output-dir report/",
+            "promptlab report experiments/scaling/plan.toml --output-dir experiments/scaling/report/",
+        ],
+    ),
+    "scaling": (
+        "A scaling study as a plan of cells (model x method), each made by promptlab commands: `run` makes the "
+        "cells whose record is missing, dependencies first, resumably over several sessions; `report` draws "
+        "the table and the average against parameters.",
+        [
+            "promptlab scaling run experiments/scaling/plan.toml --dry-run",
+            "promptlab scaling run experiments/scaling/plan.toml --models gemma3-270m --methods prompteol-last,mean",
+            "promptlab scaling report experiments/scaling/plan.toml",
+        ],
     ),
     "serve": (
         "Serve an embedder over HTTP with the OpenAI embeddings API (POST /v1/embeddings), plus /v1/models, "

@@ -17,14 +17,18 @@ from __future__ import annotations
 import functools
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from promptlab.errors import PromptlabError, unknown_name
+from promptlab.jsonl import read_rows
 from promptlab.registry import prompts_dirs
 from promptlab.templates import MASK, SLOT, Template
 
 BEST_OF = "best-of:"
+SEARCH_KIND = "demo-search"  # the ``kind`` of a demonstration search's rows (`promptlab search-demos`)
 NONE = "none"
 ALL_POOL = "all"
 _KEYS = ("id", "sentence", "word", "source", "eval_overlap")
@@ -187,10 +191,38 @@ def resolve_demonstration(spec: Demonstration | str | None) -> Demonstration | N
     if spec in ("", NONE):
         return None
     if spec.startswith(BEST_OF):
-        from promptlab.experiments.search import best_demonstration
-
         return best_demonstration(spec[len(BEST_OF) :])
     return get_demonstration(spec)
+
+
+def _score(value) -> float:
+    return float("-inf") if value is None else float(value)
+
+
+def candidate_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(candidate rows best first, the baseline row or None) of a demonstration search's rows."""
+    rows = [r for r in rows if r.get("kind") == SEARCH_KIND]
+    baseline = next((r for r in rows if r.get("baseline")), None)
+    candidates = sorted((r for r in rows if not r.get("baseline")), key=lambda r: -_score(r.get("score")))
+    return candidates, baseline
+
+
+def best_demonstration(path: str | Path) -> Demonstration:
+    """The best-scoring candidate of a search results file (``--demonstration best-of:PATH``)."""
+    candidates, baseline = candidate_rows(read_rows(path))
+    if not candidates:
+        raise PromptlabError(
+            f"{path} holds no scored demonstration candidates; run `promptlab search-demos` first."
+        )
+    best = candidates[0]
+    if baseline is not None and _score(best.get("score")) < _score(baseline.get("score")):
+        warnings.warn(
+            f"the best demonstration in {path} ({best['demonstration']['id']}, {best['score']:.2f}) "
+            "scores below "
+            f"no demonstration ({baseline['score']:.2f}).",
+            stacklevel=2,
+        )
+    return Demonstration(**best["demonstration"])
 
 
 # --------------------------------------------------------------------------- templates

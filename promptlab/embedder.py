@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from promptlab.backends import Backend, load_backend, resolve_dtype
+from promptlab.backends import Backend, Request, check_request, load_backend, resolve_dtype
 from promptlab.batching import default_batching, parse_batch_tokens, plan_batches
 from promptlab.cache import EmbeddingCache
 from promptlab.errors import PromptlabError
@@ -72,6 +72,10 @@ class Embedder:
             `promptlab.backends.resolve_dtype`) | ``float32`` | ``bfloat16`` | ``float16``. The dtype used is
             in `describe()`.
         pooling: for ``prefix`` templates only: ``cls`` | ``cls_mlp`` | ``mean`` | ``max`` | ``last``.
+        backend: the runtime that runs the model, by its registered name (``transformers``, ``vllm``; see
+            `promptlab.backends.REGISTRY`). Each declares what it can read (layers, read-out positions,
+            quantizations, compile, adapters); a request it cannot serve is refused before the model loads,
+            naming the backend that can.
         normalize_input: override the template's input rules (None keeps the template's setting).
         padding_side: ``right`` (default) or ``left``; results are the same either way.
         batch_size: most sentences per forward (None: 128 on CPU, 32 elsewhere; `promptlab.batching`).
@@ -119,11 +123,6 @@ class Embedder:
         engine_options: dict[str, Any] | None = None,
     ):
         check_max_length(max_length)  # before the model loads
-        if engine_options and backend != "vllm":
-            raise PromptlabError(
-                f"engine options ({', '.join(sorted(engine_options))}: --tensor-parallel-size, "
-                "--pipeline-parallel-size) are vLLM's; add --backend vllm (extra [vllm]) or drop them."
-            )
         if merge_adapter and adapter is None:
             raise PromptlabError(
                 "merge_adapter (--merge-adapter) needs an adapter to merge: pass --adapter FOLDER (or an "
@@ -140,6 +139,17 @@ class Embedder:
         self.demonstration = demonstration
         self.template = template
         loaded = isinstance(model, str) or not hasattr(model, "embed")
+        # What the backend must do, checked against its declared capabilities before any model loads.
+        request = Request(
+            layer=layer,
+            num_layers=None if loaded else model.num_layers,
+            readouts=tuple(get_template(m).pooling for m in template.members) or (template.pooling,),
+            quantization=quantization if loaded and quantization not in ("", "none") else None,
+            compile=compile,
+            adapter=adapter is not None,
+            engine_options=tuple(sorted(engine_options or ())),
+        )
+        check_request(backend if loaded else model, request)
         if loaded:
             quant = {"quantization": quantization} if quantization else {}
             dtype = resolve_dtype(dtype, device)
@@ -148,21 +158,16 @@ class Embedder:
             )
         self.backend: Backend = model
         if adapter is not None:
-            from promptlab.finetune.lora import attach_adapter
+            from promptlab.adapters import attach_adapter
 
             attach_adapter(self.backend, adapter, merge=merge_adapter, template=template, layer=layer)
         if compile:
-            if not callable(getattr(self.backend, "compile", None)):
-                raise PromptlabError(
-                    f"compile=True needs the transformers backend; the {getattr(self.backend, 'name', '?')} backend "
-                    "compiles (or not) by itself: drop compile=True / --compile."
-                )
             self.backend.compile()
         self.layer = layer
         self.layer_index = self.resolve_layer(layer)
         if batch_size is not None and batch_size < 1:
             raise PromptlabError(f"batch_size={batch_size}: pass a positive number of sentences, or None.")
-        rows, tokens = default_batching(getattr(self.backend, "device", "cpu"))
+        rows, tokens = default_batching(self.backend.device)
         self.batch_size = batch_size or rows
         try:
             batch_tokens = parse_batch_tokens(batch_tokens)
@@ -174,7 +179,7 @@ class Embedder:
             self.backend.tokenizer,
             template,
             max_length=max_length,
-            model_positions=getattr(self.backend, "max_positions", None),
+            model_positions=self.backend.max_positions,
         )
         tok = self.backend.tokenizer
         # Padded positions are masked out, so any id works; prefer the tokenizer's own pad/eos token.
@@ -192,14 +197,14 @@ class Embedder:
             cache_dir=cache_dir,
         )
         self.members = [Embedder(self.backend, name, layer, **options) for name in template.members]
-        if template.kind == "next_token" and getattr(self.backend, "attends_both_ways", None):
+        if template.kind == "next_token" and self.backend.attends_both_ways:
             warnings.warn(
                 f"template {template.name!r} reads the next-token position, which only a causal decoder (LLaMA, "
                 f"Qwen, OPT...) fills with a prediction; {self.backend.describe().get('model')!r} attends both "
                 "ways (an encoder): use a mask template (promptbert) or --template none --pooling mean.",
                 stacklevel=2,
             )
-        if loaded and callable(getattr(self.backend, "warm_up", None)):
+        if loaded:
             self.backend.warm_up()  # a backend this embedder loaded: its first-forward costs belong to loading
 
     # -- layers ----------------------------------------------------------------------------------------
@@ -249,6 +254,8 @@ class Embedder:
                 sentences, layers, batch_size, normalize_embeddings, show_progress_bar
             )
         indices = {layer: self.resolve_layer(layer) for layer in layers}
+        for layer in indices:  # a backend that reads the last layer only refuses the others before any work
+            check_request(self.backend, Request(layer=layer, num_layers=self.backend.num_layers))
         wanted = sorted(set(indices.values()))
         unique = list(dict.fromkeys(sentences))  # duplicates are embedded once
         start = time.perf_counter()
@@ -363,7 +370,7 @@ class Embedder:
 
     def describe(self) -> dict[str, Any]:
         """The full configuration behind these vectors, for result records."""
-        import promptlab
+        from promptlab.version import __version__
 
         t = self.template
         return {
@@ -379,7 +386,7 @@ class Embedder:
             "max_length": self.prompts.max_length,
             "demonstration": self.demonstration.to_dict() if self.demonstration else None,
             "template_members": {m.template.name: m.template.text for m in self.members},
-            "promptlab": promptlab.__version__,
+            "promptlab": __version__,
         }
 
     # -- artifacts -------------------------------------------------------------------------------------
@@ -394,4 +401,4 @@ class Embedder:
         """An embedder saved with `save` (or a fine-tuning adapter folder); ``options`` as in `load_embedder`."""
         from promptlab.artifact import load_embedder
 
-        return load_embedder(folder, **options)
+        return load_embedder(cls, folder, **options)

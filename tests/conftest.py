@@ -169,3 +169,41 @@ def tiny_mpnet():
         pad_token_id=tokenizer.pad_token_id,
     )
     return MPNetModel(config).eval(), tokenizer
+
+
+@pytest.fixture
+def adapter_dir(tiny_llama_dir, tmp_path):
+    """A LoRA adapter with non-zero weights, saved as `promptlab finetune` saves its best/ folder."""
+    pytest.importorskip("peft")
+    import torch
+
+    from promptlab.adapters import base_identity
+    from promptlab.backends import load_backend
+    from promptlab.finetune.lora import add_lora, save_adapter
+
+    backend = load_backend("transformers", str(tiny_llama_dir), dtype="float32")
+    identity = base_identity(backend)
+    peft_model = add_lora(backend, r=4, alpha=8, dropout=0.0, target_modules=None, quantized=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # LoRA starts with B = 0, a no-op; make the adapter matter
+    folder = tmp_path / "best"
+    meta = {
+        "base": identity,
+        "template": {
+            "name": "prompteol",
+            "kind": "next_token",
+            "text": 'This sentence : "[X]" means in one word:"',
+        },
+        "layer": 2,
+        "config": {
+            "model": str(tiny_llama_dir),
+            "dtype": "float32",
+            "quantization": "none",
+            "max_length": None,
+        },
+    }
+    save_adapter(peft_model, folder, meta)
+    return folder

@@ -156,7 +156,8 @@ def test_interrupted_writes_leave_only_temp_files_that_readers_skip(tiny_llama, 
     (folder,) = {p.parent for p in shards(tmp_path)}
     (folder / ".tmp-999-dead-shard-999-x.npz").write_bytes(b"PK\x03\x04 half a file")
     got = Embedder(hashed_backend(tiny_llama), "prompteol", cache_dir=tmp_path).encode(SENTENCES)
-    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES), atol=1e-6)
+    # The cached row was computed alone, the rest in one batch: other matmul shapes, float32 rounding.
+    np.testing.assert_allclose(got, fresh(tiny_llama, SENTENCES), atol=1e-5)
 
 
 def test_concurrent_writers_each_add_a_whole_shard(tiny_llama, tmp_path):
@@ -192,9 +193,10 @@ def test_namespace_ignores_where_the_model_lies_but_not_what_it_is():
 
 
 def test_cli_caches_by_default_and_no_cache_switches_it_off(tmp_path):
-    from promptlab.cli import _embedding_cache_dir, make_parser
+    from promptlab.cli import make_parser
+    from promptlab.cli_options import embedding_cache_dir
 
     args = make_parser().parse_args(["embed", "--input", "x", "--output", "y", "--cache-dir", str(tmp_path)])
-    assert _embedding_cache_dir(args) == str(tmp_path)
+    assert embedding_cache_dir(args) == str(tmp_path)
     args = make_parser().parse_args(["embed", "--input", "x", "--output", "y", "--no-cache"])
-    assert _embedding_cache_dir(args) is None
+    assert embedding_cache_dir(args) is None

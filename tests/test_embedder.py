@@ -226,19 +226,20 @@ def test_compiled_forward_gives_the_eager_vectors_on_both_paths(tiny_llama):
 
 
 def test_compile_is_refused_by_a_backend_that_cannot(tiny_llama):
-    class NoCompile:
+    import dataclasses
+
+    from promptlab.backends.transformers import TransformersBackend
+
+    class NoCompile(TransformersBackend):
         name = "other"
+        capabilities = dataclasses.replace(TransformersBackend.capabilities, compile=False)
 
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, attr):
-            if attr == "compile":
-                raise AttributeError(attr)
-            return getattr(self._inner, attr)
-
-    with pytest.raises(PromptlabError, match="compile=True needs the transformers backend"):
-        Embedder(NoCompile(backend_for(tiny_llama)), "prompteol", compile=True)
+    model, tokenizer = tiny_llama
+    with pytest.raises(
+        PromptlabError,
+        match=r"^the other backend does not torch.compile its forward; use --backend transformers for",
+    ):
+        Embedder(NoCompile(model, tokenizer), "prompteol", compile=True)
 
 
 def test_a_tokenizer_without_a_limit_is_cut_at_the_models_positions(tiny_llama_dir, tmp_path):

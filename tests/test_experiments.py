@@ -15,13 +15,13 @@ from scipy.stats import spearmanr
 from test_evaluation import FAKE, write_fake_senteval
 
 from promptlab.cli import main
-from promptlab.demonstrations import Demonstration
+from promptlab.demonstrations import Demonstration, best_demonstration
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
 from promptlab.experiments.report import write_report
 from promptlab.experiments.results import ResultsFile, read_rows
 from promptlab.experiments.scoring import Benchmark
-from promptlab.experiments.search import best_demonstration, run_search
+from promptlab.experiments.search import run_search
 from promptlab.experiments.sweep import SweepConfig, plan, run_sweep
 
 pytestmark = [
@@ -255,7 +255,7 @@ def test_sweep_batch_settings_reach_the_embedder(data_dir):
 
 @pytest.mark.parametrize("flags, resolved", [(set(), "float32"), ({"amx_bf16"}, "bfloat16")])
 def test_sweep_dtype_auto_runs_the_resolved_dtype_once(data_dir, monkeypatch, flags, resolved):
-    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: flags)
+    monkeypatch.setattr("promptlab.backends.device._cpu_flags", lambda: flags)
     cfg = config(data_dir, [{"templates": ["prompteol"], "layers": [-1]}], dtypes=["auto", resolved])
     jobs = plan(cfg, layer_count=lambda m: 3)
     # "auto" and the dtype it resolves to are one forward pass, and rows name the dtype that ran.
@@ -363,10 +363,12 @@ def test_search_dtype_auto_records_and_resumes_the_resolved_dtype(
     messages = []
     search = {"benchmark": Benchmark(data_dir=data_dir), "log": messages.append}
     run_search(model, POOL[:1], out, dtype="float32", **search)
-    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: set())  # no native bf16: auto is float32
+    # No native bf16: auto is float32.
+    monkeypatch.setattr("promptlab.backends.device._cpu_flags", lambda: set())
     rows = run_search(model, POOL[:1], out, dtype="auto", **search)
     assert "2 done, 0 to do" in messages[-1] and {r["fixed"]["dtype"] for r in rows} == {"float32"}
-    monkeypatch.setattr("promptlab.backends._cpu_flags", lambda: {"amx_bf16"})  # now auto is bfloat16...
+    # Now auto is bfloat16...
+    monkeypatch.setattr("promptlab.backends.device._cpu_flags", lambda: {"amx_bf16"})
     with pytest.raises(PromptlabError, match="dtype: 'float32' there, 'bfloat16' now"):
         run_search(model, POOL[:1], out, dtype="auto", **search)
     # ...but a backend passed in ran in its own dtype, and that is what a row records.
@@ -583,3 +585,47 @@ def test_a_search_into_an_output_in_use_is_refused_before_any_work(tiny_llama, d
         log=lambda m: None,
     )  # fmt: skip
     assert len(rows) == 4 == len(read_rows(out))
+
+
+def test_search_demos_on_a_saved_embedder_and_an_adapter_folder(
+    tiny_llama, tiny_llama_dir, adapter_dir, data_dir, tmp_path, monkeypatch
+):
+    """--embedder searches with the folder's model, adapter, template and layer; rows record the adapter."""
+    monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path / "cache"))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(d.to_dict()) + "\n" for d in POOL[:1]))
+    common = ["search-demos", "--pool", str(pool), "--data-dir", data_dir]
+    saved = tmp_path / "saved"
+    Embedder(str(tiny_llama_dir), "prompteol", layer=2, dtype="float32").save(saved)
+    plain = tmp_path / "plain.jsonl"
+    assert main([*common, "--embedder", str(saved), "--output", str(plain)]) == 0
+    rows = {r["key"]["demonstration"]: r for r in read_rows(plain)}
+    assert rows["none"]["score"] == pytest.approx(expected_score(tiny_llama, "prompteol", 2), abs=1e-3)
+    assert rows[POOL[0].id]["score"] == pytest.approx(
+        expected_score(tiny_llama, "prompteol", 2, POOL[0]), abs=1e-3
+    )
+    assert "adapter_sha256" not in rows["none"]["fixed"]
+    # An adapter folder: its trained template and layer (2), the adapted weights scored.
+    adapted = tmp_path / "adapted.jsonl"
+    assert main([*common, "--embedder", str(adapter_dir), "--output", str(adapted)]) == 0
+    rows = {r["key"]["demonstration"]: r for r in read_rows(adapted)}
+    with_adapter = Embedder(
+        str(tiny_llama_dir), "prompteol", layer=2, dtype="float32", adapter=str(adapter_dir)
+    )
+    pairs = FAKE["STSBenchmark"]["dev"]
+    a = with_adapter.encode([p[0] for p in pairs]).astype(np.float64)
+    b = with_adapter.encode([p[1] for p in pairs]).astype(np.float64)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    expected = spearmanr(cosine, [p[2] for p in pairs])[0] * 100
+    assert rows["none"]["score"] == pytest.approx(expected, abs=1e-3)
+    assert rows["none"]["fixed"]["layer"] == 2 and rows["none"]["fixed"]["adapter_sha256"]
+    # Resuming the adapter's output with the plain embedder is refused: other fixed settings.
+    assert main([*common, "--embedder", str(saved), "--output", str(adapted)]) == 2
+    # A saved demonstration, --model or --ray beside --embedder: one line each, before any search.
+    Embedder(str(tiny_llama_dir), "prompteol", layer=2, dtype="float32", demonstration=POOL[0]).save(
+        tmp_path / "with-demo"
+    )
+    out = ["--output", str(tmp_path / "x.jsonl")]
+    assert main([*common, "--embedder", str(tmp_path / "with-demo"), *out]) == 2
+    assert main([*common, "--embedder", str(saved), "--model", str(tiny_llama_dir), *out]) == 2
+    assert main([*common, "--embedder", str(saved), "--ray", *out]) == 2

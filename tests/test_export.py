@@ -92,8 +92,9 @@ def test_refuses_to_overwrite(tiny_llama_dir, tmp_path):
 
 def test_adapter_is_merged_into_the_exported_weights(tiny_llama_dir, tmp_path):
     pytest.importorskip("peft")
+    from promptlab.adapters import base_identity
     from promptlab.backends import load_backend
-    from promptlab.finetune.lora import add_lora, base_identity, save_adapter
+    from promptlab.finetune.lora import add_lora, save_adapter
 
     backend = load_backend("transformers", str(tiny_llama_dir), dtype="float32")
     identity = base_identity(backend)

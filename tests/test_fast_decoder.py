@@ -154,7 +154,7 @@ def test_an_adapter_wrapped_model_keeps_the_transformers_forward(tiny_llama):
     backend = backend_for((clone, tokenizer))
     assert backend.fast_decoder is not None
     config = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
-    backend.model = peft.get_peft_model(clone, config).eval()
+    backend.replace_model(peft.get_peft_model(clone, config))
     assert backend.fast_decoder is None, "rebuilt for the new model object, which it does not cover"
 
 

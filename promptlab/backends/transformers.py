@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from promptlab.backends import check_device, load_failed, model_info
+from promptlab.backends.base import BaseBackend, Capabilities, load_failed, model_info
+from promptlab.backends.device import check_device
+from promptlab.backends.quantization import QUANTIZATIONS
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.prefix_cache import PrefixKVCache
@@ -45,11 +47,20 @@ def _position_offset(model) -> int:
     return 0
 
 
-class TransformersBackend:
+class TransformersBackend(BaseBackend):
+    """Both contracts of `promptlab.backends.base`: inference (`Backend`) and training (`TrainableBackend`)."""
+
     name = "transformers"
+    capabilities = Capabilities(
+        layers="any",
+        quantizations=tuple(QUANTIZATIONS),
+        compile=True,
+        gradients=True,
+        adapters=True,
+    )
 
     def __init__(self, model, tokenizer, *, info: dict[str, Any] | None = None):
-        self.model = model.eval()
+        self._model = model.eval()
         self.tokenizer = tokenizer
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.num_layers = int(config.num_hidden_layers)
@@ -57,7 +68,7 @@ class TransformersBackend:
         # The model's own pooler (BERT/MPNet: dense + tanh over CLS) serves `cls_mlp` pooling.
         self.pooler = getattr(model, "pooler", None)
         params = inspect.signature(model.forward).parameters
-        self._takes_position_ids = "position_ids" in params
+        self.takes_position_ids = "position_ids" in params
         self.position_offset = _position_offset(model)
         # The longest prompt the model has positions for (RoBERTa-style models reserve the first rows).
         positions = getattr(config, "max_position_embeddings", None)
@@ -71,6 +82,22 @@ class TransformersBackend:
         self._compiled_model = None  # torch.compile of self.model (rebuilt if self.model is replaced)
         self.use_fast_decoder = True  # LLaMA-style decoders: `promptlab.backends.fast_decoder`
         self._fast = None  # its FastDecoder, for self.model (rebuilt if self.model is replaced)
+
+    @property
+    def model(self):
+        """The network (read-only here: an adapter is swapped in through `replace_model`)."""
+        return self._model
+
+    def replace_model(self, model, *, info: dict[str, Any] | None = None) -> None:
+        """Embed with ``model`` from now on (this base with an adapter attached or merged); states computed
+        with the old weights are forgotten, and ``info`` joins `describe`."""
+        self._model = model.eval()
+        self.clear_caches()
+        self.info.update(info or {})
+
+    def clear_caches(self) -> None:
+        """Forget the prefix KV cache (states computed with the current weights, for a shared prefix)."""
+        self.prefix_cache.clear()
 
     def warm_up(self) -> None:
         """Pay the one-off costs of a first forward (kernel set-up, the prefix cache's causality check) now,
@@ -129,7 +156,8 @@ class TransformersBackend:
     ) -> TransformersBackend:
         """Load a model spec (catalog name, local dir, .gguf, hub id) with its tokenizer.
 
-        ``quantization``: ``int8`` | ``nf4`` | ``fp4`` loads the linear layers through bitsandbytes.
+        ``quantization``: one of `promptlab.backends.quantization.QUANTIZATIONS` (``int8`` | ``nf4`` | ``fp4``
+        through bitsandbytes, ``int8-weight-only`` through torchao).
         """
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -146,9 +174,7 @@ class TransformersBackend:
         extra: dict[str, Any] = {}
         if quantization:
             quant.check_quantization(quantization, device)
-            # Quantized weights are placed while loading; `.to(device)` is refused on them afterwards.
-            config = quant.bitsandbytes_config(quantization, torch_dtype(dtype))
-            extra = {"quantization_config": config, "device_map": {"": device}}
+            extra = quant.load_options(quantization, torch_dtype(dtype), device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
             net = AutoModel.from_pretrained(
@@ -157,7 +183,8 @@ class TransformersBackend:
         except OSError as err:
             raise load_failed(resolved, err) from None
         info = model_info(resolved, dtype=dtype, device=device, quantization=quantization)
-        return cls(net if quantization else net.to(device), tokenizer, info=info)
+        net = quant.finish_loading(net, quantization, device) if quantization else net.to(device)
+        return cls(net, tokenizer, info=info)
 
     @property
     def device(self) -> torch.device:
@@ -176,7 +203,7 @@ class TransformersBackend:
             return self.prefix_cache.forward_hidden_states(
                 self._inference_model,
                 batch,
-                takes_position_ids=self._takes_position_ids,
+                takes_position_ids=self.takes_position_ids,
                 fast=fast,
                 upto=upto,
             )
@@ -193,7 +220,7 @@ class TransformersBackend:
             "output_hidden_states": True,
             "return_dict": True,
         }
-        if self._takes_position_ids:
+        if self.takes_position_ids:
             kwargs["position_ids"] = position_ids
         if self._takes_use_cache:
             kwargs["use_cache"] = False

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from promptlab.backends import check_device, load_failed, model_info
+from promptlab.backends.base import READOUTS, BaseBackend, Capabilities, load_failed, model_info
+from promptlab.backends.device import check_device
 from promptlab.errors import PromptlabError
 from promptlab.pooling import pool
 from promptlab.tokenization import TokenBatch
@@ -54,8 +55,15 @@ def require_vllm() -> None:
         raise PromptlabError(f"--backend vllm needs vLLM, which is not installed; run `{INSTALL_HINT}`.")
 
 
-class VllmBackend:
+class VllmBackend(BaseBackend):
     name = "vllm"
+    # vLLM's poolers see the last hidden layer only, and not the model's own pooler head (`cls_mlp`); its
+    # quantization is the model's own (no bitsandbytes), it compiles by itself, and computes no gradients.
+    capabilities = Capabilities(
+        layers="last",
+        readouts=frozenset(READOUTS) - {"cls_mlp"},
+        engine_options=True,
+    )
     pooler = None  # vLLM does not run the model's own pooler head (`cls_mlp`)
 
     def __init__(self, path: str, tokenizer, config, *, dtype: str, info: dict[str, Any], **engine: Any):
@@ -70,6 +78,10 @@ class VllmBackend:
         self.info = dict(info)
         self.engine = engine  # extra keyword arguments for `vllm.LLM`
         self._llm: tuple[str, Any] | None = None  # (pooler type, engine): one engine alive at a time
+
+    @property
+    def device(self) -> str:
+        return self.info.get("device", "cpu")
 
     @classmethod
     def load(

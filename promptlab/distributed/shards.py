@@ -210,12 +210,12 @@ class ShardFolder:
         self.save_manifest()
 
     def save_manifest(self) -> None:
-        import promptlab
+        from promptlab.version import __version__
 
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "promptlab": promptlab.__version__,
+            "promptlab": __version__,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": self.config,
             "inputs": self.inputs,

@@ -96,7 +96,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import promptlab
+    from promptlab.version import __version__
 
     args = make_parser().parse_args(argv)
     try:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "promptlab.evaluation.bm25",
                 *(argv if argv is not None else sys.argv[1:]),
             ],
-            "promptlab": promptlab.__version__,
+            "promptlab": __version__,
             "config": {"model": "bm25", "k1": 1.5, "b": 0.75, "tokens": r"lower-cased \w+"},
             **result.to_dict(),
         }

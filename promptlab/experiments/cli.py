@@ -7,8 +7,8 @@ import sys
 import time
 from dataclasses import replace
 
-# promptlab.cli imports this module only in make_parser, so this import is not circular.
-from promptlab.cli import add_batch_args, add_dtype_arg, max_length_arg
+from promptlab.cli_options import add_batch_args, add_dtype_arg, given, mark_defaults, max_length_arg
+from promptlab.errors import PromptlabError
 
 
 def _log(message: str) -> None:
@@ -122,8 +122,38 @@ def make_search_parser(sub) -> None:
         help="select on the dev split of this task instead of STS-B dev (any task: STSBenchmark, TRECQA-rerank, "
         "SICK-pairclass, STSB-retrieval...); the row's score is its main metric x 100",
     )
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help="search for a saved embedder folder (`promptlab export`) or a finetune adapter folder: its model, "
+        "adapter, template and layer (--template/--layer/--dtype given with it override what it saved)",
+    )
     add_ray_args(p, "candidates")
+    mark_defaults(p, ("model", "template", "layer", "dtype"))
     p.set_defaults(handler=search_command)
+
+
+def _saved_embedder_for_search(args: argparse.Namespace):
+    """(embedder, template) of ``--embedder`` for a search: loaded once, searched without a demonstration."""
+    from promptlab.embedder import Embedder
+
+    if given(args.model):
+        raise PromptlabError("--embedder brings its own model; drop --model (or drop --embedder).")
+    if args.ray is not None:
+        raise PromptlabError(
+            "--embedder runs the search in this process; drop --ray, or give --model/--template for Ray workers."
+        )
+    overrides = {
+        name: getattr(args, name) for name in ("template", "layer", "dtype") if given(getattr(args, name))
+    }
+    options = {"batch_size": args.batch_size, "batch_tokens": args.batch_tokens}
+    embedder = Embedder.load(args.embedder, **overrides, **options)
+    if embedder.demonstration is not None:
+        raise PromptlabError(
+            f"the embedder in {args.embedder} already holds demonstration {embedder.demonstration.id!r}; a search "
+            "picks one, so name the template to search on with --template."
+        )
+    return embedder, embedder.template
 
 
 def search_command(args: argparse.Namespace) -> int:
@@ -140,13 +170,21 @@ def search_command(args: argparse.Namespace) -> int:
     tasks = (args.select_on,) if args.select_on else ("STSBenchmark",)
     benchmark = Benchmark(tasks=tasks, dev_pairs=args.dev_pairs, seed=args.seed, data_dir=args.data_dir)
     started = time.perf_counter()
+    model, template, layer, backend, adapter = args.model, args.template, args.layer, None, None
+    if args.embedder:
+        embedder, template = _saved_embedder_for_search(args)
+        described = embedder.describe()
+        model, layer, backend = described["model_spec"], embedder.layer, embedder.backend
+        adapter = described.get("adapter_sha256")
     rows = run_search(
-        args.model,
+        model,
         pool,
         args.output,
-        template=args.template,
-        layer=args.layer,
+        template=template,
+        layer=layer,
         dtype=args.dtype,
+        backend=backend,
+        adapter=adapter,
         benchmark=benchmark,
         batch_size=args.batch_size,
         batch_tokens=args.batch_tokens,
@@ -166,7 +204,9 @@ def search_command(args: argparse.Namespace) -> int:
 # -- report ---------------------------------------------------------------------------------------------
 def make_report_parser(sub) -> None:
     p = sub.add_parser("report", help="markdown tables and PNG plots from sweep/search results")
-    p.add_argument("results", nargs="+", help="results JSONL files")
+    p.add_argument(
+        "results", nargs="+", help="results JSONL files, or one scaling plan (.toml) for the scaling report"
+    )
     p.add_argument(
         "--output-dir", default=None, help="where report.md and the PNGs go (default: beside the first)"
     )
@@ -178,6 +218,12 @@ def report_command(args: argparse.Namespace) -> int:
 
     from promptlab.experiments.report import write_report
 
+    if len(args.results) == 1 and args.results[0].endswith(".toml"):  # a scaling plan
+        from promptlab.experiments.scaling_cli import scaling_report_command
+
+        return scaling_report_command(
+            argparse.Namespace(plan=args.results[0], output_dir=args.output_dir, root=None)
+        )
     output_dir = args.output_dir or str(Path(args.results[0]).parent)
     print(write_report(args.results, output_dir))
     return 0

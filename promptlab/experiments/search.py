@@ -3,27 +3,26 @@
 PromptEOL (Jiang et al., 2023) picks, per model, the single demonstration that scores best on STS-B dev.
 `run_search` loads the model once, scores a no-demonstration baseline and then each candidate
 (`Embedder(backend, template, demonstration=...)` on the shared backend), appending one fsynced row as
-each finishes; rerunning the same search skips finished candidates. `best_demonstration` reads a results
-file back, for ``--demonstration best-of:RESULTS.jsonl``.
+each finishes; rerunning the same search skips finished candidates. `promptlab.demonstrations.best_demonstration`
+reads a results file back, for ``--demonstration best-of:RESULTS.jsonl``.
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptlab.demonstrations import Demonstration
+from promptlab.demonstrations import SEARCH_KIND, Demonstration, candidate_rows
 from promptlab.errors import PromptlabError
-from promptlab.experiments.results import ResultsFile, read_rows
+from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
 from promptlab.experiments.workers import Here, Workers, load_transformers
 
-KIND = "demo-search"
+KIND = SEARCH_KIND
 BASELINE = "none"
 
 
@@ -44,8 +43,12 @@ def run_search(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     workers: Workers | None = None,
+    adapter: str | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first.
+
+    ``adapter`` (the SHA-256 of the LoRA weights ``backend`` carries) is recorded with the fixed settings,
+    so rows of the adapted and the plain model never mix in one output.
 
     ``workers`` scores the candidates elsewhere (`promptlab.distributed.sweep.RayWorkers`, each worker
     loading the model once); this process still skips finished candidates and writes every row.
@@ -73,6 +76,7 @@ def run_search(
         "template_text": base.text,
         "layer": layer,
         "max_length": max_length,
+        **({"adapter_sha256": adapter} if adapter else {}),
     }
     results = ResultsFile(output, KIND, fixed)
     with results:  # the output stays locked against other runs until the search ends
@@ -172,32 +176,6 @@ class Candidate:
 
 def _num(value) -> float:
     return float("-inf") if value is None else float(value)
-
-
-def candidate_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(candidate rows best first, the baseline row or None) of a search's rows."""
-    rows = [r for r in rows if r.get("kind") == KIND]
-    baseline = next((r for r in rows if r.get("baseline")), None)
-    candidates = sorted((r for r in rows if not r.get("baseline")), key=lambda r: -_num(r.get("score")))
-    return candidates, baseline
-
-
-def best_demonstration(path: str | Path) -> Demonstration:
-    """The best-scoring candidate of a search results file (``--demonstration best-of:PATH``)."""
-    candidates, baseline = candidate_rows(read_rows(path))
-    if not candidates:
-        raise PromptlabError(
-            f"{path} holds no scored demonstration candidates; run `promptlab search-demos` first."
-        )
-    best = candidates[0]
-    if baseline is not None and _num(best.get("score")) < _num(baseline.get("score")):
-        warnings.warn(
-            f"the best demonstration in {path} ({best['demonstration']['id']}, {best['score']:.2f}) "
-            "scores below "
-            f"no demonstration ({baseline['score']:.2f}).",
-            stacklevel=2,
-        )
-    return Demonstration(**best["demonstration"])
 
 
 def format_top(rows: list[dict[str, Any]], k: int = 10) -> str:

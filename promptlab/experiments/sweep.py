@@ -5,6 +5,8 @@ A sweep is a TOML file (see ``experiments/*.toml``)::
     name = "smollm2-135m: templates x layers"
     models = ["smollm2-135m"]
     dtypes = ["bfloat16"]     # or "auto": bfloat16 where the hardware computes in it, else float32
+    cache = true              # optional: vectors go to the embedding cache as they are computed, so a
+                              # forward pass cut short resumes there (true: promptlab's cache; or a folder)
 
     [data]                 # optional; default: all of STS-B dev
     tasks = ["STSBenchmark"]
@@ -46,6 +48,7 @@ from promptlab.experiments.workers import Here, Workers, load_transformers
 NO_DEMO = "none"
 _TOP_KEYS = {
     "name", "description", "models", "dtypes", "batch_size", "batch_tokens", "max_length", "data", "grid",
+    "cache",
 }  # fmt: skip
 _GRID_KEYS = {"templates", "layers", "demonstrations"}
 _DATA_KEYS = {"tasks", "split", "dev_pairs", "seed"}
@@ -69,6 +72,7 @@ class SweepConfig:
     batch_size: int | None = None  # None: the Embedder's default (`promptlab.batching`)
     batch_tokens: int | str | None = "auto"  # "auto": the Embedder's default; None: no cap
     max_length: int | None = None
+    cache_dir: str | None = None  # keep vectors in the embedding cache: a pass cut short resumes there
     name: str = ""
     path: str = ""
 
@@ -139,6 +143,7 @@ class SweepConfig:
             batch_size=_positive(raw.get("batch_size"), f"{where}: batch_size", 64),
             batch_tokens=_batch_tokens(raw.get("batch_tokens", "auto"), where),
             max_length=_positive(raw.get("max_length"), f"{where}: max_length", 512),
+            cache_dir=_cache_dir(raw.get("cache", False), where),
             name=raw.get("name", ""),
             path=where,
         )
@@ -351,6 +356,7 @@ def score_job(config: SweepConfig, progress: bool | None, backend, todo) -> list
         batch_tokens=config.batch_tokens,
         max_length=config.max_length,
         demonstration=job.demonstration,
+        cache_dir=config.cache_dir,
     )
     records, seconds = config.benchmark.score_layers(embedder, list(layers), progress=progress)
     described = embedder.describe()
@@ -394,6 +400,19 @@ def _check_same_weights(results: ResultsFile, model: str, digest: str | None, ou
                 f"{output}: rows for {model} were computed from other weights (sha256 {theirs[:12]}…, now "
                 f"{digest[:12]}…); write to another output."
             )
+
+
+def _cache_dir(value, where: str) -> str | None:
+    """``cache`` of a sweep config: true (promptlab's embedding cache), a folder, or false (default)."""
+    if value is True:
+        from promptlab.cache import default_cache_dir
+
+        return str(default_cache_dir())
+    if value is False:
+        return None
+    if isinstance(value, str) and value:
+        return value
+    raise PromptlabError(f'{where}: cache = {as_toml(value)}; write true, false or a folder ("cache/").')
 
 
 def _positive(value, where: str, example: int) -> int | None:

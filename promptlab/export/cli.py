@@ -11,13 +11,13 @@ FORMATS = ("promptlab", "sentence-transformers")
 
 
 def make_export_parser(sub) -> None:
-    from promptlab.cli import _add_model_args
+    from promptlab.cli_options import add_model_args
 
     p = sub.add_parser(
         "export",
         help="save an embedder as a folder: promptlab (Embedder.load, --embedder, serve) or sentence-transformers",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--format",
         default="promptlab",
@@ -34,7 +34,7 @@ def make_export_parser(sub) -> None:
 def export_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from promptlab.cli import build_embedder
+    from promptlab.cli_options import build_embedder
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:

@@ -36,7 +36,7 @@ MODULE_CONFIG = "promptlab_prompt_embedding.json"
 
 def module_config(embedder: Embedder) -> dict[str, Any]:
     """What the exported module needs to rebuild promptlab's prompts and read-out."""
-    import promptlab
+    from promptlab.version import __version__
 
     parts = embedder.members or [embedder]
     described = embedder.describe()
@@ -46,7 +46,7 @@ def module_config(embedder: Embedder) -> dict[str, Any]:
         "max_length": parts[0].prompts.max_length,
         "dtype": described.get("dtype") or "float32",
         "promptlab": {
-            "version": promptlab.__version__,
+            "version": __version__,
             "model": described.get("model"),
             "model_file_sha256": described.get("model_file_sha256"),
             "template": embedder.template.name,

@@ -4,8 +4,9 @@
     promptlab eval --model smollm2-135m --adapter runs/smollm2-sup/best
 
 Modules: `config` (the validated run config), `data` (SICK / STS-B train builders, SimCSE CSV, text files,
-the dev/test holdout), `objectives` (InfoNCE, template denoising), `lora` (targets, LoRA/QLoRA, adapter
-loading), `trainer` (the loop), `cli` (``make_finetune_parser``). torch and peft load only when used.
+the dev/test holdout), `objectives` (InfoNCE, template denoising), `lora` (targets, LoRA/QLoRA, saving
+adapters; loading one is `promptlab.adapters`), `trainer` (the loop), `cli` (``make_finetune_parser``).
+torch and peft load only when used.
 """
 
 from __future__ import annotations

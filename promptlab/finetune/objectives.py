@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from promptlab.errors import PromptlabError
 from promptlab.tokenization import EncodedPrompt, TokenBatch, pad_batch
+
+if TYPE_CHECKING:
+    from promptlab.backends.base import TrainableBackend
 
 
 # -- the read-out, with gradients ------------------------------------------------------------------------
@@ -57,7 +61,8 @@ def template_only_batch(
 def encode_with_grad(embedder, sentences: Sequence[str], *, denoise: bool = False) -> torch.Tensor:
     """Float32 [N, H] vectors exactly as ``embedder.encode`` computes them, but differentiable."""
     prompts = [embedder.prompts.encode(s) for s in sentences]
-    backend, pooling, layer = embedder.backend, embedder.template.pooling, embedder.layer_index
+    backend: TrainableBackend = embedder.backend
+    pooling, layer = embedder.template.pooling, embedder.layer_index
     batch = pad_batch(prompts, pad_id=embedder.pad_id, padding_side=embedder.padding_side)
     vectors = backend.pooled_with_grad(batch, pooling, layer)
     if denoise:
@@ -66,7 +71,7 @@ def encode_with_grad(embedder, sentences: Sequence[str], *, denoise: bool = Fals
                 f"template denoising needs a mask or next-token template; {embedder.template.name!r} is "
                 f"a {embedder.template.kind!r} template pooled over its tokens."
             )
-        if not getattr(backend, "_takes_position_ids", False):
+        if not backend.takes_position_ids:
             raise PromptlabError(
                 "template denoising keeps the template tokens at their positions, but this model's forward "
                 "takes no position_ids; train without denoise."

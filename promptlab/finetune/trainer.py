@@ -34,18 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from promptlab.adapters import base_identity
 from promptlab.errors import PromptlabError
 from promptlab.finetune.config import FinetuneConfig
 from promptlab.finetune.data import Example, TrainingData, build_training_data
-from promptlab.finetune.lora import (
-    adapter_weights,
-    add_lora,
-    base_identity,
-    blocks_below,
-    save_adapter,
-    scoring_mode,
-    weights_changed,
-)
+from promptlab.finetune.lora import adapter_weights, add_lora, blocks_below, save_adapter, scoring_mode
 from promptlab.finetune.objectives import Objective
 
 STATE = "trainer_state.pt"
@@ -163,6 +156,10 @@ class Trainer:
             backend = load_backend(
                 "transformers", config.model, dtype=config.dtype, quantization=quantization
             )
+        else:
+            from promptlab.backends import Request, check_request
+
+            check_request(backend, Request(gradients=True, adapter=True))  # LoRA trains through the adapter
         self.backend = backend
         # The views are `Embedder`s: the same tokenization, padding, layer and pooling as evaluation.
         self.view = Embedder(backend, config.template, layer=config.layer, max_length=config.max_length)
@@ -236,13 +233,13 @@ class Trainer:
         the `Embedder` itself."""
         from promptlab.evaluation.selection import score_task
 
-        weights_changed(self.backend)  # a prefix KV cache from the last dev score is stale now
+        self.backend.clear_caches()  # a prefix KV cache from the last dev score is stale now
         with scoring_mode(self.model):  # eval mode, 4-bit layers kept trainable
             return score_task(self._dev, partial(self.view.encode, show_progress_bar=False))
 
     # -- saving --------------------------------------------------------------------------------------------
     def adapter_metadata(self, step: int, dev: float | None) -> dict[str, Any]:
-        import promptlab
+        from promptlab.version import __version__
 
         t = self.view.template
         return {
@@ -254,7 +251,7 @@ class Trainer:
             "dev_task": self._dev.name,
             "dev_pairs": self._dev.n_items,
             "config": self.config.to_dict(),
-            "promptlab": promptlab.__version__,
+            "promptlab": __version__,
         }
 
     def _replace_dir(self, name: str, write: Callable[[Path], None]) -> None:
@@ -335,7 +332,7 @@ class Trainer:
             self.load_checkpoint()
 
     def _prepare_output(self, *, resume: bool, overwrite: bool) -> None:
-        import promptlab
+        from promptlab.version import __version__
 
         world_size = self.parallel.world if self.parallel is not None else 1
 
@@ -386,7 +383,7 @@ class Trainer:
             )
             / 2**20,
             "versions": {
-                "promptlab": promptlab.__version__,
+                "promptlab": __version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "peft": peft.__version__,

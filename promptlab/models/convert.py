@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from promptlab.errors import PromptlabError
-from promptlab.models.catalog import MANIFEST
 from promptlab.models.integrity import FILES, record_files
+from promptlab.models.paths import MANIFEST
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 JUNK = {"desktop.ini", "Thumbs.db", ".DS_Store", ".gitattributes"}

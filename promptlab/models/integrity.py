@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptlab.models.catalog import MANIFEST
 from promptlab.models.hashing import FileHashCache, sha256_file, sha256_listing
+from promptlab.models.paths import MANIFEST
 
 FILES = "files"  # the manifest key holding the file records
 SAMPLE_BLOCK = 1 << 16  # bytes per sampled block

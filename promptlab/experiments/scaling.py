@@ -1,0 +1,653 @@
+"""The scaling study: a plan of cells (model x method), each made by promptlab commands, run resumably.
+
+A plan is a TOML file (``experiments/scaling/plan.toml``)::
+
+    results_dir = "experiments/scaling/results"   # one JSON record per cell: MODEL--METHOD.json
+    work_dir = "experiments/scaling/work"         # the sweeps' and searches' JSONL files
+
+    [models.smollm2-135m]       # a packaged model name (or a local model folder)
+    dtype = "bfloat16"
+    eval_hours = 0.17           # one 7-task test evaluation on the machine the study runs on
+    train_hours = 0.6           # one CSE training run there
+    drop = { demo = "why" }     # cells not run, and why
+
+    [methods.dev-sweep]         # kind "dev": selection on STS-B dev, not a table column
+    kind = "dev"
+    output = "{work}/{model}--dev-sweep.jsonl"
+    commands = ["promptlab sweep experiments/scaling/sweeps/{model}.toml --output {output}"]
+    cost = 1.1                  # x the model's eval_hours (+ train_hours when train = true)
+
+    [methods.sweep-best]
+    needs = ["dev-sweep"]
+    select.best = { from = "dev-sweep", where = { template = ["eol-topic", "prompteol"] } }
+    commands = ["promptlab eval --model {model} --template {best.template} --layer {best.layer} ..."]
+
+    [existing.smollm2-135m]     # cells already measured elsewhere: a record, or a row of a results JSONL
+    prompteol-last = "experiments/baselines/smollm2-prompteol-bf16.json"
+    metaeol = { path = "experiments/results/testsuite-smollm2.jsonl", template = "metaeol", layer = 28 }
+
+Placeholders in commands: ``{model} {dtype} {record} {output} {work} {args}`` (``args``: the model's
+``args.METHOD`` string), ``{NAME.FIELD}`` (a field of the key of the best-scoring row of the ``select.NAME``
+cell's output that matches ``where``, e.g. the sweep's best template and layer) and ``{output.METHOD}``
+(another cell's output file). ``best-of:{output}`` is the demonstration search's own mechanism.
+
+`run_plan` runs the cells whose record is missing, in dependency order. Every step is resumable by the
+command's own means: ``eval`` reads vectors back from the embedding cache and refuses to overwrite a record
+(the runner skips an eval whose ``--output`` exists), ``sweep`` and ``search-demos`` skip the JSONL rows
+already written, and ``finetune`` continues from its last checkpoint (the runner adds ``--resume`` when the
+run folder holds one, and skips a run whose log has ended). A cell whose dependency is not done is refused
+with one line; a finished record is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptlab.errors import PromptlabError, did_you_mean
+from promptlab.jsonl import read_rows
+
+TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
+_PLAN_KEYS = {"name", "description", "results_dir", "work_dir", "models", "methods", "existing"}
+_MODEL_KEYS = {"label", "dtype", "eval_hours", "train_hours", "params", "drop", "hold", "args", "costs"}
+_METHOD_KEYS = {"label", "kind", "needs", "select", "output", "commands", "cost", "train", "note"}
+_FIXED_PLACEHOLDERS = {"model", "dtype", "record", "output", "work", "args"}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    commands: tuple[str, ...]
+    label: str = ""
+    kind: str = "test"  # "test": a column of the table; "dev": selection only
+    needs: tuple[str, ...] = ()
+    select: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> {from, where}
+    output: str = ""
+    cost: float = 1.0  # x the model's eval_hours
+    train: bool = False  # + the model's train_hours
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    dtype: str = "float32"
+    label: str = ""
+    eval_hours: float | None = None
+    train_hours: float | None = None
+    params: float | None = None  # None: from the catalog
+    drop: dict[str, str] = field(default_factory=dict)  # method -> why its cell is not run at all
+    hold: dict[str, str] = field(default_factory=dict)  # method -> why the runner leaves it alone for now
+    args: dict[str, str] = field(default_factory=dict)
+    costs: dict[str, float] = field(
+        default_factory=dict
+    )  # method -> its cost for this model, if not the method's
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A cell measured before the plan: a JSON record, or one row of a results JSONL."""
+
+    path: Path
+    row: dict[str, Any] = field(default_factory=dict)  # key fields of the row (template, layer, ...)
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: Model
+    method: Method
+    record: Path  # the cell's record: done when it exists
+    output: Path | None  # the JSONL its commands fill (dev cells, searches), if any
+    existing: Existing | None = None
+    dropped: str = ""  # why the cell is not run
+    held: str = ""  # why the runner leaves it alone (made by hand, e.g. a run in progress)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}/{self.method.name}"
+
+    def done(self) -> bool:
+        return self.record.exists()
+
+    def hours(self) -> float | None:
+        if self.existing is not None or self.model.eval_hours is None:
+            return None
+        hours = self.model.costs.get(self.method.name, self.method.cost) * self.model.eval_hours
+        if self.method.train:
+            if self.model.train_hours is None:
+                return None
+            hours += self.model.train_hours
+        return hours
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    root: Path  # paths in the plan are relative to this folder (the repository root)
+    models: tuple[Model, ...]
+    methods: tuple[Method, ...]
+    results_dir: Path
+    work_dir: Path
+    existing: dict[tuple[str, str], Existing]
+    name: str = ""
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m.name for m in self.methods]
+
+    def method(self, name: str) -> Method:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise PromptlabError(f"{self.path}: unknown method {name!r}.{did_you_mean(name, self.method_names)}")
+
+    def cells(self, models=None, methods=None) -> list[Cell]:
+        """Every cell (model x method), dependencies before the cells that need them."""
+        chosen_models = [m for m in self.models if models is None or m.name in models]
+        order = _topological(self.methods)
+        out = []
+        for model in chosen_models:
+            for method in order:
+                if methods is None or method.name in methods:
+                    out.append(self.cell(model, method))
+        return out
+
+    def cell(self, model: Model, method: Method) -> Cell:
+        existing = self.existing.get((model.name, method.name))
+        work = self.work_dir
+        fill = {"model": _slug(model.name), "work": str(work)}
+        if existing is not None:
+            if method.kind == "dev":
+                record, output = existing.path, existing.path
+            else:
+                record, output = existing.path, None
+        else:
+            record = self.results_dir / f"{_slug(model.name)}--{method.name}.json"
+            output = self.root / _fill(method.output, fill) if method.output else None
+        return Cell(
+            model,
+            method,
+            record,
+            output,
+            existing,
+            model.drop.get(method.name, ""),
+            model.hold.get(method.name, ""),
+        )
+
+    def find(self, model: Model, method_name: str) -> Cell:
+        return self.cell(model, self.method(method_name))
+
+
+# --------------------------------------------------------------------------- loading and validation
+
+
+def load_plan(path: str | Path, *, root: str | Path | None = None, check_models: bool = True) -> Plan:
+    """Read and check a plan; ``root`` (default: the current folder) anchors its relative paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptlabError(f"plan {path} does not exist; pass a .toml file (see experiments/scaling/).")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
+    return plan_from_dict(raw, where=path, root=Path(root) if root else Path.cwd(), check_models=check_models)
+
+
+def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = True) -> Plan:
+    _known(raw, _PLAN_KEYS, str(where))
+    methods = []
+    for name, m in (raw.get("methods") or {}).items():
+        _known(m, _METHOD_KEYS, f"{where} [methods.{name}]")
+        commands = m.get("commands")
+        if not commands or not all(isinstance(c, str) and c.startswith("promptlab ") for c in commands):
+            raise PromptlabError(
+                f'{where} [methods.{name}]: commands must be a list of "promptlab ..." command lines.'
+            )
+        kind = m.get("kind", "test")
+        if kind not in ("test", "dev"):
+            raise PromptlabError(f'{where} [methods.{name}]: kind is "test" or "dev", not {kind!r}.')
+        if kind == "dev" and not m.get("output"):
+            raise PromptlabError(f'{where} [methods.{name}]: a dev method needs output = "...jsonl".')
+        methods.append(
+            Method(
+                name=name,
+                commands=tuple(commands),
+                label=m.get("label", name),
+                kind=kind,
+                needs=tuple(m.get("needs", ())),
+                select=dict(m.get("select", {})),
+                output=m.get("output", ""),
+                cost=float(m.get("cost", 1.0)),
+                train=bool(m.get("train", False)),
+                note=m.get("note", ""),
+            )
+        )
+    if not methods:
+        raise PromptlabError(f"{where}: no [methods.NAME] tables; add at least one.")
+    names = [m.name for m in methods]
+
+    def check_method(name: str, context: str) -> None:
+        if name not in names:
+            raise PromptlabError(f"{where} {context}: unknown method {name!r}.{did_you_mean(name, names)}")
+
+    models = []
+    for name, m in (raw.get("models") or {}).items():
+        _known(m, _MODEL_KEYS, f"{where} [models.{name}]")
+        if check_models:
+            _check_model(name, where, root)
+        for dropped in m.get("drop", {}):
+            check_method(dropped, f"[models.{name}] drop")
+        for method in m.get("args", {}):
+            check_method(method, f"[models.{name}] args")
+        for method in m.get("hold", {}):
+            check_method(method, f"[models.{name}] hold")
+        for method in m.get("costs", {}):
+            check_method(method, f"[models.{name}] costs")
+        models.append(
+            Model(
+                name=name,
+                dtype=m.get("dtype", "float32"),
+                label=m.get("label", name),
+                eval_hours=m.get("eval_hours"),
+                train_hours=m.get("train_hours"),
+                params=m.get("params"),
+                drop=dict(m.get("drop", {})),
+                hold=dict(m.get("hold", {})),
+                costs={k: float(v) for k, v in m.get("costs", {}).items()},
+                args=dict(m.get("args", {})),
+            )
+        )
+    if not models:
+        raise PromptlabError(f"{where}: no [models.NAME] tables; add at least one.")
+    model_names = [m.name for m in models]
+    for method in methods:
+        here = f"[methods.{method.name}]"
+        for need in method.needs:
+            check_method(need, f"{here} needs")
+        for sel_name, sel in method.select.items():
+            _known(sel, {"from", "where"}, f"{where} {here} select.{sel_name}")
+            check_method(sel.get("from", ""), f"{here} select.{sel_name}.from")
+            if sel["from"] not in method.needs:
+                raise PromptlabError(
+                    f"{where} {here}: select.{sel_name} reads {sel['from']!r}; add it to needs."
+                )
+            for value in sel.get("where", {}).get("template", []):
+                _check_template(value, f"{where} {here} select.{sel_name}.where")
+        for command in method.commands:
+            for token in _PLACEHOLDER.findall(command):
+                head = token.split(".")[0]
+                if token in _FIXED_PLACEHOLDERS or head in method.select:
+                    continue
+                if head == "output" and "." in token:
+                    check_method(token.split(".", 1)[1], f"{here} {{{token}}}")
+                    continue
+                allowed = sorted(_FIXED_PLACEHOLDERS | {f"{s}.FIELD" for s in method.select})
+                raise PromptlabError(
+                    f"{where} {here}: unknown placeholder {{{token}}}.{did_you_mean(token, allowed)} "
+                    f"Allowed: {', '.join(allowed)}, output.METHOD."
+                )
+            argv = shlex.split(command)
+            for i, arg in enumerate(argv[:-1]):
+                if arg == "--template" and "{" not in argv[i + 1]:
+                    _check_template(argv[i + 1], f"{where} {here}")
+    _topological(methods, where=where)
+    existing = {}
+    for model_name, cells in (raw.get("existing") or {}).items():
+        if model_name not in model_names:
+            raise PromptlabError(
+                f"{where} [existing.{model_name}]: not a model of this plan.{did_you_mean(model_name, model_names)}"
+            )
+        for method_name, spec in cells.items():
+            check_method(method_name, f"[existing.{model_name}]")
+            if isinstance(spec, str):
+                spec = {"path": spec}
+            spec = dict(spec)
+            entry = Existing(root / spec.pop("path"), command=spec.pop("command", ""), row=spec)
+            existing[(model_name, method_name)] = entry
+    return Plan(
+        path=where,
+        root=root,
+        models=tuple(models),
+        methods=tuple(methods),
+        results_dir=root / raw.get("results_dir", "experiments/scaling/results"),
+        work_dir=root / raw.get("work_dir", "experiments/scaling/work"),
+        existing=existing,
+        name=raw.get("name", ""),
+    )
+
+
+def _check_model(name: str, where, root: Path) -> None:
+    from promptlab.models.catalog import is_catalog_name, list_models
+
+    if is_catalog_name(name) or (root / name).is_dir() or Path(name).is_dir():
+        return
+    choices = [m.name for m in list_models()]
+    raise PromptlabError(
+        f"{where} [models.{name}]: not a packaged model or a model folder.{did_you_mean(name, choices)}"
+    )
+
+
+def _check_template(name: str, where: str) -> None:
+    from promptlab.registry import get_template
+
+    try:
+        get_template(name)
+    except PromptlabError as err:
+        raise PromptlabError(f"{where}: {err}") from None
+
+
+def _known(table, allowed: set[str], where: str) -> None:
+    if not isinstance(table, dict):
+        raise PromptlabError(f"{where}: expected a table.")
+    for key in table:
+        if key not in allowed:
+            raise PromptlabError(
+                f"{where}: unknown key {key!r}.{did_you_mean(key, allowed)} Allowed: {', '.join(sorted(allowed))}."
+            )
+
+
+def _topological(methods, *, where=None) -> list[Method]:
+    by_name = {m.name: m for m in methods}
+    order, state = [], {}
+
+    def visit(m: Method, chain: tuple[str, ...]) -> None:
+        if state.get(m.name) == "done":
+            return
+        if state.get(m.name) == "visiting":
+            raise PromptlabError(
+                f"{where or 'plan'}: methods need each other in a cycle: {' -> '.join(chain)}."
+            )
+        state[m.name] = "visiting"
+        for need in m.needs:
+            visit(by_name[need], (*chain, need))
+        state[m.name] = "done"
+        order.append(m)
+
+    for m in methods:
+        visit(m, (m.name,))
+    return order
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def _slug(name: str) -> str:
+    """A model name as part of a file name (a model folder's path loses its slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda mt: values.get(mt.group(1), mt.group(0)), text)
+
+
+def best_row(path: Path, where: dict[str, list]) -> dict[str, Any]:
+    """The best-scoring row of a sweep/search JSONL whose key matches ``where`` (field -> allowed values)."""
+    if not path.exists():
+        raise PromptlabError(f"{path} does not exist yet; run the cell that writes it first.")
+    rows = [
+        r
+        for r in read_rows(path)
+        if r.get("score") is not None
+        and all(str(r.get("key", {}).get(k)) in {str(v) for v in vals} for k, vals in where.items())
+    ]
+    if not rows:
+        raise PromptlabError(f"{path}: no scored row matches {where}; check the plan's select.where.")
+    return max(rows, key=lambda r: r["score"])
+
+
+def resolve(plan: Plan, cell: Cell, *, strict: bool = True) -> list[str]:
+    """The cell's command lines with every placeholder filled; with ``strict=False`` a value that needs an
+    unfinished dependency stays as ``<NAME.FIELD after METHOD>``."""
+    values = {
+        "model": cell.model.name,
+        "dtype": cell.model.dtype,
+        "record": _rel(cell.record, plan.root),
+        "output": _rel(cell.output, plan.root) if cell.output else "",
+        "work": _rel(plan.work_dir, plan.root),
+        "args": cell.model.args.get(cell.method.name, ""),
+    }
+    for sel_name, sel in cell.method.select.items():
+        source = plan.find(cell.model, sel["from"])
+        try:
+            row = best_row(source.output, {k: list(v) for k, v in sel.get("where", {}).items()})
+            for key, value in row["key"].items():
+                values[f"{sel_name}.{key}"] = str(value)
+        except PromptlabError:
+            if strict:
+                raise
+            for token in _PLACEHOLDER.findall(" ".join(cell.method.commands)):
+                if token.startswith(f"{sel_name}."):
+                    values[token] = f"<{token} after {sel['from']}>"
+    for token in _PLACEHOLDER.findall(" ".join(cell.method.commands)):
+        if token.startswith("output."):
+            other = plan.find(cell.model, token.split(".", 1)[1])
+            values[token] = _rel(other.output, plan.root) if other.output else ""
+    commands = [_fill(c, values) for c in cell.method.commands]
+    return [" ".join(c.split()) for c in commands]
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def default_execute(argv: list[str], threads: int) -> int:
+    """Run one promptlab command in a fresh process (its memory is returned when it ends)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "promptlab.cli", *argv[1:]], env=env).returncode
+
+
+def _finetune_dir(argv: list[str], root: Path) -> Path | None:
+    """The run folder of a ``promptlab finetune CONFIG [--output-dir D]`` command."""
+    if "--output-dir" in argv:
+        return root / argv[argv.index("--output-dir") + 1]
+    config = root / argv[2]
+    if not config.is_file():
+        return None
+    raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    return root / raw["output_dir"] if "output_dir" in raw else None
+
+
+def _finished_training(folder: Path) -> bool:
+    log = folder / "log.jsonl"
+    return log.exists() and any(r.get("event") == "end" for r in read_rows(log))
+
+
+def step_argv(argv: list[str], root: Path) -> list[str] | None:
+    """``argv`` as the runner runs it now: None when the step is already done, ``--resume`` added to a
+    fine-tuning run that stopped part-way."""
+    verb = argv[1] if len(argv) > 1 else ""
+    if verb == "eval" and "--output" in argv:
+        if (root / argv[argv.index("--output") + 1]).exists():
+            return None  # a finished record is never overwritten
+    if verb == "finetune":
+        folder = _finetune_dir(argv, root)
+        if folder is not None and _finished_training(folder):
+            return None
+        if folder is not None and (folder / "finetune.json").exists() and "--resume" not in argv:
+            return [*argv, "--resume"]
+    return argv
+
+
+@dataclass
+class RunReport:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # done before
+    refused: list[str] = field(default_factory=list)  # a dependency is missing
+    failed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+
+def run_plan(
+    plan: Plan,
+    *,
+    models: list[str] | None = None,
+    methods: list[str] | None = None,
+    dry_run: bool = False,
+    threads: int = 1,
+    execute: Callable[[list[str], int], int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Run the cells whose record is missing, in dependency order (see the module's docstring)."""
+    from promptlab.experiments.results import lock_output
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    execute = execute or default_execute
+    for name in models or ():
+        if name not in [m.name for m in plan.models]:
+            raise PromptlabError(
+                f"--models: {name!r} is not a model of {plan.path}.{did_you_mean(name, [m.name for m in plan.models])}"
+            )
+    for name in methods or ():
+        plan.method(name)
+    report = RunReport()
+    cells = plan.cells(models, methods)
+    lock = None
+    if not dry_run:
+        plan.results_dir.mkdir(parents=True, exist_ok=True)
+        plan.work_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_output(plan.results_dir / "scaling-run")  # one runner per plan at a time
+    try:
+        total = 0.0
+        for cell in cells:
+            hours = cell.hours()
+            cost = "" if hours is None else f" (~{hours:.1f} h)"
+            if cell.done():
+                report.skipped.append(cell.name)
+                log(f"done     {cell.name}: {_rel(cell.record, plan.root)}")
+                continue
+            if cell.dropped:
+                report.dropped.append(cell.name)
+                log(f"dropped  {cell.name}: {cell.dropped}")
+                continue
+            if cell.held:
+                report.held.append(cell.name)
+                log(f"held     {cell.name}: {cell.held}")
+                continue
+            missing = [n for n in cell.method.needs if not plan.find(cell.model, n).done()]
+            if dry_run:
+                total += hours or 0.0
+                after = f" after {', '.join(missing)}" if missing else ""
+                log(f"to run   {cell.name}{cost}{after}:")
+                for command in resolve(plan, cell, strict=False):
+                    log(f"    {command}")
+                continue
+            if missing:
+                report.refused.append(cell.name)
+                log(
+                    f"refused  {cell.name}: needs {', '.join(missing)} for {cell.model.name}, not done; "
+                    f"run --models {cell.model.name} --methods {','.join(missing)} first."
+                )
+                continue
+            log(f"running  {cell.name}{cost}")
+            started = time.time()
+            ok = True
+            for command in resolve(plan, cell):
+                argv = step_argv(shlex.split(command), plan.root)
+                if argv is None:
+                    log(f"    (done) {command}")
+                    continue
+                log(f"    {shlex.join(argv)}")
+                code = execute(argv, threads)
+                if code != 0:
+                    log(f"failed   {cell.name}: exit {code} from {argv[0]} {argv[1]}; rerun to resume it.")
+                    ok = False
+                    break
+            if not ok:
+                report.failed.append(cell.name)
+                continue
+            if cell.method.kind == "dev" and not cell.record.exists():
+                _write_dev_record(plan, cell, resolve(plan, cell), time.time() - started, threads)
+            if not cell.record.exists():
+                report.failed.append(cell.name)
+                log(
+                    f"failed   {cell.name}: its commands ended without writing {_rel(cell.record, plan.root)}."
+                )
+                continue
+            report.ran.append(cell.name)
+            log(
+                f"finished {cell.name} in {(time.time() - started) / 3600:.2f} h: {_rel(cell.record, plan.root)}"
+            )
+        if dry_run:
+            log(f"estimated: {total:.1f} h for the cells to run (one machine, {threads} thread(s) each)")
+    finally:
+        if lock is not None:
+            lock.close()
+    return report
+
+
+def _write_dev_record(plan: Plan, cell: Cell, commands: list[str], seconds: float, threads: int) -> None:
+    from promptlab.version import __version__
+
+    rows = list(read_rows(cell.output)) if cell.output and cell.output.exists() else []
+    scored = [r for r in rows if r.get("score") is not None]
+    best = max(scored, key=lambda r: r["score"]) if scored else None
+    record = {
+        "kind": "scaling-dev",
+        "cell": cell.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "promptlab": __version__,
+        "commands": commands,
+        "output": _rel(cell.output, plan.root) if cell.output else None,
+        "rows": len(rows),
+        "best": {"key": best["key"], "score": best["score"]} if best else None,
+        "seconds": seconds,
+        "threads": threads,
+    }
+    tmp = cell.record.with_name(f".{cell.record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, cell.record)
+
+
+# --------------------------------------------------------------------------- reading cells back
+
+
+def read_cell(plan: Plan, cell: Cell) -> dict[str, Any] | None:
+    """A finished test cell as ``{scores, average, created, command, source}``; None when not run yet."""
+    if not cell.record.exists():
+        return None
+    source = _rel(cell.record, plan.root)
+    if cell.existing is not None and cell.existing.row:
+        want = cell.existing.row
+        for row in read_rows(cell.record):
+            key = row.get("key", {})
+            if all(str(key.get(k)) == str(v) for k, v in want.items()):
+                return {
+                    "scores": row["scores"],
+                    "average": row["score"],
+                    "created": row.get("created", ""),
+                    "command": cell.existing.command,
+                    "commit": row.get("commit") or row.get("config", {}).get("commit"),
+                    "source": f"{source} ({', '.join(f'{k}={v}' for k, v in want.items())})",
+                }
+        raise PromptlabError(f"{source}: no row with {want}; fix [existing] in {plan.path}.")
+    record = json.loads(cell.record.read_text(encoding="utf-8"))
+    command = record.get("command") or []
+    if isinstance(command, list):
+        command = " ".join(["promptlab", *command[1:]]) if command else ""
+    return {
+        "scores": record.get("scores", {}),
+        "average": record.get("average"),
+        "created": record.get("created", ""),
+        "command": cell.existing.command if cell.existing and cell.existing.command else command,
+        "commit": record.get("commit") or record.get("config", {}).get("commit"),
+        "source": source,
+    }

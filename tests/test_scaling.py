@@ -1,0 +1,276 @@
+"""The scaling study's plan, resumable runner and report, on a tiny random model and fake SentEval data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_evaluation import write_fake_senteval
+
+from promptlab.cli import main
+from promptlab.errors import PromptlabError
+from promptlab.experiments.scaling import load_plan, plan_from_dict, run_plan
+from promptlab.experiments.scaling_report import write_scaling_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_plan_parses_and_names_every_cell():
+    plan = load_plan(REPO / "experiments/scaling/plan.toml", root=REPO)
+    assert [m.name for m in plan.models] == [
+        "smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b",
+    ]  # fmt: skip
+    cells = {c.name: c for c in plan.cells()}
+    assert len(cells) == 4 * len(plan.methods)
+    names = list(cells)
+    for cell in cells.values():  # dependencies come first
+        for need in cell.method.needs:
+            assert names.index(f"{cell.model.name}/{need}") < names.index(cell.name)
+    assert cells["qwen2.5-coder-1.5b/metaeol"].dropped and cells["qwen2.5-coder-1.5b/demo"].dropped
+    assert cells["smollm2-135m/combined"].held
+    assert cells["smollm2-135m/prompteol-last"].done()  # an existing record, not recomputed
+
+
+def _plan(tmp_path: Path, model_dir, **changes) -> dict:
+    """A two-model-free, tiny plan: a dev sweep, an eval that needs it, and an eval that needs nothing."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        f'models = ["{model_dir}"]\ndtypes = ["float32"]\n[[grid]]\ntemplates = ["prompteol", "eol-topic"]\n'
+        'layers = "all"\n',
+        encoding="utf-8",
+    )
+    raw = {
+        "results_dir": "results",
+        "work_dir": "work",
+        "models": {str(model_dir): {"dtype": "float32", "eval_hours": 0.01, "params": "1M"}},
+        "methods": {
+            "dev-sweep": {
+                "kind": "dev",
+                "output": "{work}/sweep.jsonl",
+                "commands": [f"promptlab sweep {sweep} --output {{output}}"],
+            },
+            "prompteol-last": {
+                "label": "PromptEOL, last layer",
+                "commands": [
+                    "promptlab eval --model {model} --template prompteol --dtype {dtype} --output {record}"
+                ],
+            },
+            "sweep-best": {
+                "label": "best template + layer",
+                "needs": ["dev-sweep"],
+                "select": {"best": {"from": "dev-sweep", "where": {"template": ["prompteol", "eol-topic"]}}},
+                "commands": [
+                    "promptlab eval --model {model} --template {best.template} --layer {best.layer} "
+                    "--dtype {dtype} --output {record}"
+                ],
+            },
+        },
+    }
+    for key, value in changes.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    data = write_fake_senteval(tmp_path / "senteval")
+    monkeypatch.setenv("PROMPTLAB_DATA", str(data))
+    monkeypatch.setenv("PROMPTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class Recorder:
+    """Runs each command in this process (`promptlab.cli.main`), recording it; can stop on the n-th."""
+
+    def __init__(self, interrupt_at: int | None = None):
+        self.calls: list[list[str]] = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, argv: list[str], threads: int) -> int:
+        self.calls.append(argv)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        return main(argv[1:])
+
+    def verbs(self) -> list[str]:
+        return [a[1] for a in self.calls]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"models": {"smollm2-13m": {}}}, "Did you mean: smollm2-135m"),
+        (
+            {"methods": {"x": {"commands": ["promptlab eval --template prompteoll --output {record}"]}}},
+            "prompteol",
+        ),
+        (
+            {"methods": {"x": {"needs": ["dev-swep"], "commands": ["promptlab eval --output {record}"]}}},
+            "dev-sweep",
+        ),
+        ({"methods": {"x": {"commands": ["promptlab eval --output {recrd}"]}}}, "record"),
+        ({"methods": {"x": {"commands": ["python eval.py"]}}}, "promptlab ..."),
+    ],
+)
+def test_bad_plans_are_refused_with_the_closest_name(tmp_path, tiny_llama_dir, change, message):
+    raw = _plan(tmp_path, tiny_llama_dir)
+    if "methods" in change:
+        raw["methods"] = {**raw["methods"], **change["methods"]}
+    else:
+        raw.update(change)
+    with pytest.raises(PromptlabError, match=message.replace(".", r"\.")):
+        plan_from_dict(raw, where=Path("plan.toml"), root=tmp_path)
+
+
+def test_a_selection_needs_its_source_and_cycles_are_refused(tmp_path, tiny_llama_dir):
+    raw = _plan(tmp_path, tiny_llama_dir)
+    raw["methods"]["sweep-best"]["needs"] = []
+    with pytest.raises(PromptlabError, match="add it to needs"):
+        plan_from_dict(raw, where=Path("plan.toml"), root=tmp_path)
+    raw = _plan(tmp_path, tiny_llama_dir)
+    raw["methods"]["dev-sweep"]["needs"] = ["sweep-best"]
+    with pytest.raises(PromptlabError, match="cycle"):
+        plan_from_dict(raw, where=Path("plan.toml"), root=tmp_path)
+
+
+def test_the_runner_runs_in_dependency_order_skips_finished_cells_and_resumes(env, tiny_llama_dir):
+    plan = plan_from_dict(_plan(env, tiny_llama_dir), where=Path("plan.toml"), root=env)
+    messages = []
+    # Interrupted at the third command (the eval that needs the sweep): the sweep and the first eval are done.
+    first = Recorder(interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, execute=first, log=messages.append)
+    assert first.verbs() == ["sweep", "eval", "eval"]
+    assert len(list((env / "results").glob("*.json"))) == 2  # the sweep's record and the first eval's
+    sweep_rows = (env / "work" / "sweep.jsonl").read_text().splitlines()
+    finished = {p: p.read_bytes() for p in (env / "results").glob("*.json")}
+
+    second = Recorder()
+    report = run_plan(plan, execute=second, log=messages.append)
+    assert second.verbs() == ["eval"]  # only the interrupted cell, nothing done twice
+    assert report.ran == [f"{tiny_llama_dir}/sweep-best"] and len(report.skipped) == 2
+    assert (env / "work" / "sweep.jsonl").read_text().splitlines() == sweep_rows  # no duplicated row
+    for path, data in finished.items():
+        assert path.read_bytes() == data  # never overwritten
+    best = max((json.loads(line) for line in sweep_rows), key=lambda r: r["score"] or -1e9)
+    record = json.loads(next((env / "results").glob("*--sweep-best.json")).read_text())
+    assert record["config"]["layer_index"] == best["key"]["layer"]
+    assert record["config"]["template"] == best["key"]["template"]
+
+    third = Recorder()
+    assert run_plan(plan, execute=third, log=messages.append).ran == []
+    assert third.calls == []
+
+
+def test_a_cell_whose_dependency_is_missing_is_refused_in_one_line(env, tiny_llama_dir):
+    plan = plan_from_dict(_plan(env, tiny_llama_dir), where=Path("plan.toml"), root=env)
+    messages, recorder = [], Recorder()
+    report = run_plan(plan, methods=["sweep-best"], execute=recorder, log=messages.append)
+    assert recorder.calls == [] and report.refused == [f"{tiny_llama_dir}/sweep-best"]
+    refusal = [m for m in messages if m.startswith("refused")]
+    assert len(refusal) == 1 and "needs dev-sweep" in refusal[0] and "\n" not in refusal[0]
+
+
+def test_dry_run_prints_commands_and_costs_and_runs_nothing(env, tiny_llama_dir):
+    plan = plan_from_dict(_plan(env, tiny_llama_dir), where=Path("plan.toml"), root=env)
+    messages, recorder = [], Recorder()
+    run_plan(plan, dry_run=True, execute=recorder, log=messages.append)
+    assert recorder.calls == [] and not (env / "results").exists()
+    text = "\n".join(messages)
+    assert "<best.template after dev-sweep>" in text and "promptlab sweep" in text and "estimated:" in text
+
+
+def test_the_cli_dry_run_of_the_shipped_plan(capsys):
+    code = main(
+        ["scaling", "run", str(REPO / "experiments/scaling/plan.toml"), "--root", str(REPO), "--dry-run",
+         "--models", "gemma3-270m", "--methods", "mean,cse"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "gemma3-270m/mean (~0.3 h)" in err and "promptlab finetune" in err
+    assert main(["scaling", "run", str(REPO / "experiments/scaling/plan.toml"), "--methods", "means"]) == 2
+    assert "Did you mean: mean" in capsys.readouterr().err
+
+
+def test_the_report_marks_cells_not_run_and_draws_the_plot(env, tiny_llama_dir):
+    pytest.importorskip("matplotlib")
+    raw = _plan(env, tiny_llama_dir)
+    raw["models"]["other-model"] = {"params": "2M"}
+    (env / "other-model").mkdir()
+    record = {
+        "kind": "eval",
+        "created": "2026-12-03T10:00:00+0000",
+        "command": ["cli.py", "eval", "--template", "prompteol"],
+        "scores": {
+            t: 50.0 + i
+            for i, t in enumerate(
+                ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"]
+            )
+        },
+        "average": 53.0,
+    }
+    (env / "results").mkdir()
+    (env / "results" / "other-model--prompteol-last.json").write_text(json.dumps(record))
+    raw["existing"] = {
+        "other-model": {"sweep-best": {"path": "rows.jsonl", "template": "eol-topic", "layer": 3}}
+    }
+    row = {
+        "kind": "sweep",
+        "key": {"template": "eol-topic", "layer": 3},
+        "score": 61.0,
+        "scores": {"STS12": 61.0},
+    }
+    (env / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    report = write_scaling_report(plan, env / "report")
+    text = report.read_text()
+    assert (env / "report" / "scaling.png").stat().st_size > 10_000
+    assert "53.00" in text and "61.00" in text
+    assert text.count("_not run yet_") >= 2  # the tiny model's two cells; nothing invented
+    assert "arXiv 2307.16645" in text and "67.46" in text
+    assert "Only 1 model(s) measured" in text or "one model measured" in text
+
+
+def test_steps_resume_by_their_own_means_and_never_overwrite(tmp_path):
+    from promptlab.experiments.scaling import step_argv
+
+    config = tmp_path / "cse.toml"
+    config.write_text('model = "m"\noutput_dir = "runs/cse"\n', encoding="utf-8")
+    finetune = ["promptlab", "finetune", str(config)]
+    assert step_argv(finetune, tmp_path) == finetune  # a fresh run
+    run = tmp_path / "runs" / "cse"
+    run.mkdir(parents=True)
+    (run / "finetune.json").write_text("{}")
+    (run / "log.jsonl").write_text('{"event": "start"}\n{"event": "step", "step": 1}\n')
+    assert step_argv(finetune, tmp_path) == [*finetune, "--resume"]  # stopped part-way: continue it
+    with (run / "log.jsonl").open("a") as log:
+        log.write('{"event": "end", "stopped": "completed"}\n')
+    assert step_argv(finetune, tmp_path) is None  # finished: not trained again
+    evaluate = ["promptlab", "eval", "--output", "r.json"]
+    assert step_argv(evaluate, tmp_path) == evaluate
+    (tmp_path / "r.json").write_text("{}")
+    assert step_argv(evaluate, tmp_path) is None  # a finished record is never overwritten
+
+
+def test_a_sweep_with_the_cache_on_stores_vectors_and_gives_the_same_rows(tmp_path, tiny_llama_dir):
+    from promptlab.experiments.sweep import SweepConfig, run_sweep
+
+    data = write_fake_senteval(tmp_path / "senteval")
+    raw = {
+        "models": [str(tiny_llama_dir)],
+        "dtypes": ["float32"],
+        "templates": ["prompteol"],
+        "layers": [-1, 1],
+    }
+    plain = SweepConfig.from_dict(raw, data_dir=str(data))
+    cached = SweepConfig.from_dict({**raw, "cache": str(tmp_path / "cache")}, data_dir=str(data))
+    assert plain.cache_dir is None and cached.cache_dir == str(tmp_path / "cache")
+    rows = run_sweep(plain, tmp_path / "plain.jsonl", log=lambda m: None)
+    first = run_sweep(cached, tmp_path / "cached.jsonl", log=lambda m: None)
+    assert any((tmp_path / "cache").rglob("*"))  # vectors went to the cache
+    again = run_sweep(cached, tmp_path / "again.jsonl", log=lambda m: None)  # read back from it
+    scores = [{r["key"]["layer"]: r["score"] for r in rs} for rs in (rows, first, again)]
+    assert scores[0] == pytest.approx(scores[1]) and scores[1] == pytest.approx(scores[2])
+    with pytest.raises(PromptlabError, match="cache = 3"):
+        SweepConfig.from_dict({**raw, "cache": 3})
