@@ -8,15 +8,14 @@ PROMPTLAB_REQUIRE_LLAMACPP=1 (the CI's llamacpp step). The refusals run everywhe
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import require_runtime
 
 from promptlab.backends import check_request
 from promptlab.backends.base import Request
@@ -34,10 +33,11 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def llamacpp_installed():
-    if importlib.util.find_spec("llama_cpp") is None:
-        if os.environ.get("PROMPTLAB_REQUIRE_LLAMACPP"):
-            pytest.fail("PROMPTLAB_REQUIRE_LLAMACPP is set but llama-cpp-python is not installed here")
-        pytest.skip("llama-cpp-python is not installed (pip install 'promptlab[llamacpp]' builds it)")
+    require_runtime(
+        "llama_cpp",
+        "PROMPTLAB_REQUIRE_LLAMACPP",
+        "llama-cpp-python is not installed (pip install 'promptlab[llamacpp]' builds it)",
+    )
 
 
 def _permute(weight: np.ndarray, n_head: int) -> np.ndarray:

@@ -8,11 +8,11 @@ of skipping. The others run everywhere.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
 import torch
+from helpers import require_runtime
 
 from promptlab.backends.vllm import VllmBackend
 from promptlab.embedder import Embedder
@@ -30,10 +30,11 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def vllm_installed():
-    if importlib.util.find_spec("vllm") is None:
-        if os.environ.get("PROMPTLAB_REQUIRE_VLLM"):
-            pytest.fail("PROMPTLAB_REQUIRE_VLLM is set but vllm is not installed in this environment")
-        pytest.skip("vllm is not installed here; .ci/run runs these tests in the vllm venv")
+    require_runtime(
+        "vllm",
+        "PROMPTLAB_REQUIRE_VLLM",
+        "vllm is not installed here; .ci/run runs these tests in the vllm venv",
+    )
 
 
 def save_tiny(tmp_path_factory, kind: str):

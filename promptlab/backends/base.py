@@ -206,6 +206,13 @@ class BaseBackend:
         if not isinstance(getattr(cls, "capabilities", None), Capabilities):
             raise TypeError(f"backend {cls.__name__} must declare capabilities = Capabilities(...)")
 
+    info: dict[str, Any]  # the model part of `describe` (`model_info`), set at load
+
+    @property
+    def device(self) -> Any:
+        """The device recorded at load (``info["device"]``); a backend that knows better overrides it."""
+        return self.info.get("device", "cpu")
+
     def warm_up(self) -> None:
         return None
 

@@ -160,10 +160,6 @@ class LlamaCppBackend(BaseBackend):
         self._batch = None
         self.last_decode_calls = 0  # llama_decode calls of the last `embed` (tests check batching)
 
-    @property
-    def device(self) -> str:
-        return self.info.get("device", "cpu")
-
     @classmethod
     def load(
         cls,

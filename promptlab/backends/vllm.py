@@ -79,10 +79,6 @@ class VllmBackend(BaseBackend):
         self.engine = engine  # extra keyword arguments for `vllm.LLM`
         self._llm: tuple[str, Any] | None = None  # (pooler type, engine): one engine alive at a time
 
-    @property
-    def device(self) -> str:
-        return self.info.get("device", "cpu")
-
     @classmethod
     def load(
         cls,
