@@ -9,6 +9,8 @@ number here, although Python's ``bool`` is an ``int``: ``steps = true`` is refus
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from promptlab.errors import PromptlabError
@@ -68,3 +70,13 @@ def as_toml(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     except TypeError:  # a TOML date or time
         return str(value)
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file's table; invalid TOML or a file that is not UTF-8 is refused in one line naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
+    except UnicodeDecodeError as err:
+        raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None

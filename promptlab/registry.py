@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
-import tomllib
 from pathlib import Path
 
+from promptlab.config_types import read_toml
 from promptlab.errors import PromptlabError, did_you_mean, unknown_name
 from promptlab.templates import SLOT, Template, template_from_text
 
@@ -32,18 +32,9 @@ def prompts_dirs() -> list[Path]:
     return dirs
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
-    except UnicodeDecodeError as err:
-        raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
-
-
 def load_templates(path: Path) -> list[Template]:
     """The templates of one TOML file, each validated."""
-    rows = _read_toml(path).get("template", [])
+    rows = read_toml(path).get("template", [])
     if not isinstance(rows, list):
         raise PromptlabError(f"{path.name}: write each template as a [[template]] table.")
     templates = []

@@ -48,12 +48,12 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptlab.config_types import read_toml
 from promptlab.errors import PromptlabError, did_you_mean
 from promptlab.jsonl import read_rows
 
@@ -198,11 +198,9 @@ def load_plan(path: str | Path, *, root: str | Path | None = None, check_models:
     path = Path(path)
     if not path.is_file():
         raise PromptlabError(f"plan {path} does not exist; pass a .toml file (see experiments/scaling/).")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
-    return plan_from_dict(raw, where=path, root=Path(root) if root else Path.cwd(), check_models=check_models)
+    return plan_from_dict(
+        read_toml(path), where=path, root=Path(root) if root else Path.cwd(), check_models=check_models
+    )
 
 
 def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = True) -> Plan:
@@ -461,7 +459,7 @@ def _finetune_dir(argv: list[str], root: Path) -> Path | None:
     config = root / argv[2]
     if not config.is_file():
         return None
-    raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    raw = read_toml(config)
     return root / raw["output_dir"] if "output_dir" in raw else None
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import tomllib
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.backends import DTYPE_NAMES, resolve_dtype
-from promptlab.config_types import as_toml, check_type, is_type
+from promptlab.config_types import as_toml, check_type, is_type, read_toml
 from promptlab.errors import PromptlabError
 from promptlab.experiments.results import ResultsFile
 from promptlab.experiments.scoring import Benchmark
@@ -81,13 +80,7 @@ class SweepConfig:
         path = Path(path)
         if not path.is_file():
             raise PromptlabError(f"sweep config {path} does not exist; pass a .toml file (see experiments/).")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
-        except UnicodeDecodeError as err:
-            raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
-        return cls.from_dict(raw, where=str(path), data_dir=data_dir)
+        return cls.from_dict(read_toml(path), where=str(path), data_dir=data_dir)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "sweep config", data_dir: str | None = None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab.config_types import check_type
+from promptlab.config_types import check_type, read_toml
 from promptlab.errors import PromptlabError, did_you_mean
 
 OBJECTIVES = ("supervised", "dropout", "two_template")
@@ -240,12 +240,7 @@ class FinetuneConfig:
             raise PromptlabError(
                 f"config file {path} does not exist; pass a .toml file (see experiments/finetune/)."
             )
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise PromptlabError(f"{path}: not valid TOML ({err}); fix the file.") from None
-        except UnicodeDecodeError as err:
-            raise PromptlabError(f"{path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
+        values = read_toml(path)
         values.update(overrides or {})
         return cls.from_dict(values, where=str(path))
 
