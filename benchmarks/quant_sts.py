@@ -1,14 +1,18 @@
-"""STS cost and peak memory of quantization (bitsandbytes int8/nf4/fp4, torchao int8-weight-only, llama.cpp
-on the model's GGUF file) against float32 and bfloat16.
+"""STS cost, speed and peak memory of quantization (bitsandbytes int8/nf4/fp4, torchao int8-weight-only,
+llama.cpp on the model's GGUF file) against promptlab's default, float32 and bfloat16, in one run.
 
 Each configuration runs in its own child process (peak RSS from wait4) on the same pairs: the test sets of
 the seven STS tasks (STS12-16 pooled over their subsets, as the "all" score), whole or a seeded sample of
 ``--pairs`` pairs of each (bitsandbytes' CPU kernels make the full 26k sentences an hour per configuration
-here). Reports Spearman x 100 per task, the change of the average against float32 with a paired bootstrap
-95% interval (the same resampled pairs for both configurations, so the interval is that of the difference,
-not of either score), the cosine between each configuration's vectors and float32's, and peak memory.
+here). Reports Spearman x 100 per task, the change of the average against ``--reference`` (default: the
+first configuration) with a paired bootstrap 95% interval (the same resampled pairs for both
+configurations, so the interval is that of the difference, not of either score), the cosine between each
+configuration's vectors and the reference's, peak memory, sentences/s and its ratio to the reference.
+For the transformers rows, the achieved FLOP/s (2 x non-embedding parameters x tokens computed, a shared
+prefix counted once) as a fraction of the matmul peak of the row's compute dtype, measured in the same run.
 
-    python benchmarks/quant_sts.py --pairs 300 --output experiments/bench/quant-smollm2-135m.json
+    python benchmarks/quant_sts.py --pairs 300 --configs default,int8-weight-only,nf4,llamacpp \
+        --output experiments/bench/quant-table-smollm2-135m.json
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import spawn  # noqa: E402
+from bench import matmul_peak, non_embedding_params, spawn  # noqa: E402
 
 # The quantized rows compute in float32, so their difference to fp32 is the weights' quantization alone.
 CONFIGS = {
+    "default": {},  # promptlab's defaults: dtype auto (bf16 where the CPU has bf16 matmuls, else fp32)
     "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
     "fp16": {"dtype": "float16"},
@@ -76,6 +81,17 @@ def paired_bootstrap(cosines: dict, reference: dict, gold: dict, *, rounds: int,
     return float(low), float(high)
 
 
+def cpu_name() -> str:
+    """The CPU's model name, core count and the matmul instruction sets torch can use (for the record)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    isa = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in text]
+    return (
+        f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX512/AMX'}"
+    )
+
+
 def child(args) -> int:
     import numpy as np
     import torch
@@ -90,7 +106,15 @@ def child(args) -> int:
     vectors = embedder.encode(sentences, show_progress_bar=False)
     seconds = time.perf_counter() - start
     np.save(args.vectors, vectors)
-    print("BENCH-RESULT " + json.dumps({"seconds": seconds, "sentences": len(sentences)}), flush=True)
+    stats, described = embedder.last_stats, embedder.describe()
+    result = {"seconds": seconds, "sentences": len(sentences), "dtype": described["dtype"]}
+    result["backend"] = described.get("backend", "transformers")
+    net = getattr(embedder.backend, "model", None) if result["backend"] == "transformers" else None
+    if net is not None:  # what the forward computed: each prompt's tokens, the shared prefix once
+        prefix = stats.get("prefix_length", 0)
+        result["tokens"] = stats["tokens"] - prefix * stats["unique_sentences"] + prefix
+        result["params"] = non_embedding_params(net)
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
     return 0
 
 
@@ -99,7 +123,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pairs", type=int, default=300, help="pairs sampled per task (0: the whole test set)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--configs", default="fp32,bf16,int8,nf4,fp4")
+    p.add_argument("--configs", default="fp32,bf16,int8,nf4,fp4", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument(
+        "--reference", default=None, help="the configuration compared against (default: the first)"
+    )
+    p.add_argument("--peak-seconds", type=float, default=3.0, help="per matmul shape (0: no peak measured)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated STS tasks (test sets)")
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds (0: none)")
     p.add_argument("--data-dir", default=None)
@@ -115,6 +143,20 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     load = os.getloadavg()
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    reference = args.reference or names[0]
+    if reference not in names:
+        p.error(f"--reference {reference} is not among --configs")
+    peaks = {}
+    if args.peak_seconds > 0:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        peaks = {d: matmul_peak(d, args.peak_seconds) for d in ("float32", "bfloat16")}
+        print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f}, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     data = load_pairs(args.data_dir, args.pairs, args.seed, tasks)
     sentences = sorted({s for a, b, _ in data.values() for s in a + b})
@@ -122,7 +164,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp())
     (work / "pairs.json").write_text(json.dumps(data))
     results, vectors, cosines = {}, {}, {}
-    for name in [c.strip() for c in args.configs.split(",")]:
+    for name in names:
         files = ["--pairs-file", str(work / "pairs.json"), "--vectors", str(work / f"{name}.npy")]
         argv_child = [__file__, "--child", name, "--model", args.model, *files, "--output", "-"]
         result, rss, tail = spawn(sys.executable, argv_child, 4 * 3600)
@@ -145,18 +187,26 @@ def main(argv=None) -> int:
             "peak_rss_mib": rss,
             "sentences_per_second": result["sentences"] / result["seconds"],
         }
+        if "tokens" in result and result["dtype"] in peaks:
+            rate = 2 * result["params"] * result["tokens"] / result["seconds"]
+            results[name]["flops_per_second"] = rate
+            results[name]["fraction_of_matmul_peak"] = rate / peaks[result["dtype"]]
         print(f"{name}: {scores} avg {results[name]['average']:.2f}, {rss:.0f} MiB, "
               f"{results[name]['sentences_per_second']:.1f} sent/s", flush=True)  # fmt: skip
-    if "fp32" in vectors:
-        ref = vectors["fp32"]
+    if reference in vectors:
+        ref, base = vectors[reference], results[reference]
         for name, v in vectors.items():
             cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
-            results[name]["cosine_to_fp32"] = {"mean": float(cos.mean()), "min": float(cos.min())}
-            results[name]["delta_average"] = results[name]["average"] - results["fp32"]["average"]
-            if args.bootstrap and name != "fp32":
+            results[name]["cosine_to_reference"] = {"mean": float(cos.mean()), "min": float(cos.min())}
+            results[name]["delta_average"] = results[name]["average"] - base["average"]
+            results[name]["speed_ratio"] = (
+                results[name]["sentences_per_second"] / base["sentences_per_second"]
+            )
+            results[name]["rss_ratio"] = results[name]["peak_rss_mib"] / base["peak_rss_mib"]
+            if args.bootstrap and name != reference:
                 gold = {task: np.asarray(d[2]) for task, d in data.items()}
                 results[name]["delta_average_ci95"] = paired_bootstrap(
-                    cosines[name], cosines["fp32"], gold, rounds=args.bootstrap, seed=args.seed
+                    cosines[name], cosines[reference], gold, rounds=args.bootstrap, seed=args.seed
                 )
     record = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -166,6 +216,9 @@ def main(argv=None) -> int:
         "bootstrap_rounds": args.bootstrap,
         "pairs_per_task": {t: len(d[0]) for t, d in data.items()},
         "seed": args.seed,
+        "reference": reference,
+        "matmul_peak_flops": peaks,
+        "cpu": cpu_name(),
         "unique_sentences": len(sentences),
         "load_average_at_start": load,
         "results": results,
@@ -175,25 +228,32 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         f"{args.model}, prompteol, {record['pairs_per_task']} test pairs (seed {args.seed}), "
-        f"{len(sentences)} unique sentences; load average at start {load[0]:.2f}",
+        f"{len(sentences)} unique sentences; load average at start {load[0]:.2f}; {record['cpu']}",
         "",
-        "| config | "
+        ("matmul peak (same run): " + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in peaks.items()))
+        if peaks
+        else "matmul peak not measured",
+        "",
+        "| config | dtype | "
         + " | ".join(tasks)
-        + " | avg | Δ vs fp32 | Δ 95% CI | cos to fp32 (mean/min) | peak RSS MiB | sent/s |",
-        "|---|" + "---:|" * (len(tasks) + 6),
+        + f" | avg | Δ vs {reference} | Δ 95% CI | cos to {reference} (mean/min) | peak RSS MiB (ratio) "
+        "| sent/s (ratio) | % of matmul peak |",
+        "|---|---|" + "---:|" * (len(tasks) + 7),
     ]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | failed |")
             continue
-        cos = r.get("cosine_to_fp32", {"mean": float("nan"), "min": float("nan")})
+        cos = r.get("cosine_to_reference", {"mean": float("nan"), "min": float("nan")})
         ci = r.get("delta_average_ci95")
         ci = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
+        peak = r.get("fraction_of_matmul_peak")
         lines.append(
-            f"| {name} | " + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+            f"| {name} | {r['dtype']} | " + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
             + f" | {r['average']:.2f} | {r.get('delta_average', float('nan')):+.2f} | {ci} | "
-            f"{cos['mean']:.4f} / {cos['min']:.4f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['sentences_per_second']:.1f} |"
+            f"{cos['mean']:.4f} / {cos['min']:.4f} | {r['peak_rss_mib']:.0f} ({r.get('rss_ratio', float('nan')):.2f}) | "
+            f"{r['sentences_per_second']:.1f} ({r.get('speed_ratio', float('nan')):.2f}×) | "
+            f"{f'{100 * peak:.0f} %' if peak is not None else '-'} |"
         )  # fmt: skip
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

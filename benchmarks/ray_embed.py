@@ -4,8 +4,8 @@ Writes a corpus of distinct STS sentences (seeded) to a temporary folder, then e
 folders, exactly as ``promptlab embed --input CORPUS --output DIR/`` does:
 
 1. locally: one process, one `Embedder` with torch's default threads (every core), shards in turn;
-2. on Ray: a local Ray started with ``--cpus`` CPUs and ``--actors`` `EmbedBatch` actors of one CPU each
-   (Ray gives each actor one torch thread), shards written by the driver as they complete.
+2. on Ray: a local Ray started with ``--cpus`` CPUs and ``--actors`` `EmbedShard` actors of one CPU each
+   (Ray gives each actor one torch thread), each actor writing the shards it embeds.
 
 Reported for each: the end-to-end seconds (model loads included: each Ray actor loads its own model) and
 sentences/s over the embedding alone (the local run's model load is timed apart; Ray's actors load theirs

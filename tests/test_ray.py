@@ -4,6 +4,7 @@ single-process `Embedder.encode`; a stopped Ray job resumes without losing a fin
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,28 +80,34 @@ def test_embed_batch_in_a_users_pipeline(cluster, tiny_llama_dir, reference):
     assert vectors.dtype == np.float32 and cosines(vectors, expected).min() >= 0.9999
 
 
+def computed_sentences(cache: Path) -> int:
+    """How many sentences the actors embedded: each `encode` stores what it computed in its disk cache."""
+    return sum(np.load(path)["keys"].shape[0] for path in cache.glob("*/layer*/*.npz"))
+
+
 @pytest.mark.slow  # two Ray jobs of two actors each: about 45 s on two shared cores
-def test_ray_shards_equal_encode_and_a_stopped_job_keeps_its_shards(
+def test_ray_shards_equal_encode_and_a_stopped_job_recomputes_at_most_one_shard_per_actor(
     cluster, tiny_llama_dir, tmp_path, reference, capsys
 ):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    texts = [corpus_sentences(300, seed=2)[:180], corpus_sentences(300, seed=2)[180:]]
+    texts = [corpus_sentences(1000, seed=2)[:600], corpus_sentences(1000, seed=2)[600:]]
     for name, part in zip(("a.txt", "b.txt"), texts, strict=True):
         (corpus / name).write_text("\n".join(part) + "\n")
     out = tmp_path / "vectors"
     argv = ["embed", "--model", str(tiny_llama_dir), "--dtype", "float32", "--input", str(corpus)]
-    argv += ["--output", str(out), "--shard-size", "30", "--ray", "--ray-actors", "2"]
-    # The first job stops (as if killed) once three shards are written.
+    # 30 + 20 shards: more than the actors finish before the driver has taken in three of them
+    argv += ["--output", str(out), "--shard-size", "20", "--ray", "--ray-actors", "2"]
+    # The first job stops (as if killed) once three shards are recorded; each job's actors keep what they
+    # compute in their own disk cache, which counts the sentences embedded.
     from promptlab.cli import embedder_options, make_parser
 
-    args = make_parser().parse_args(argv)
-    options = embedder_options(args)
+    options = embedder_options(make_parser().parse_args(argv))
     config = {
         "embedder": shards.vector_options(options),
         "normalize": False,
         "field": "text",
-        "shard_size": 30,
+        "shard_size": 20,
     }
     folder = shards.ShardFolder(out, config, shards.corpus_files(str(corpus)))
 
@@ -109,17 +116,32 @@ def test_ray_shards_equal_encode_and_a_stopped_job_keeps_its_shards(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        embed_shards_ray(options, folder, shard_size=30, actors=2, on_shard=stop)
+        embed_shards_ray(
+            {**options, "cache_dir": str(tmp_path / "computed-1")},
+            folder,
+            shard_size=20,
+            on_shard=stop,
+            actors=2,
+        )
+    ray.get(ray.remote(lambda: None).remote())  # the stopped job's actors are gone before the rerun starts
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.npy")}
-    assert len(finished) == 6
+    done = len(finished) // 2  # lines + vectors of each finished shard
+    assert len(finished) % 2 == 0 and 3 <= done < 50
     # The rerun, through the CLI on the same Ray, writes only the other shards.
-    assert main(argv) == 0
+    assert main([*argv, "--cache-dir", str(tmp_path / "computed-2")]) == 0
     err = capsys.readouterr().err
-    assert "wrote 7 shard(s) of 210 sentences" in err and "3 were already done" in err
+    assert f"wrote {50 - done} shard(s)" in err and f"{done} were already done" in err
     for name, mtime in finished.items():
         assert (out / "shards" / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
+    recomputed = (
+        computed_sentences(tmp_path / "computed-1") + computed_sentences(tmp_path / "computed-2") - 1000
+    )
+    print(
+        f"stopped after {done} of 50 shards; the rerun on 2 actors recomputed {recomputed} sentences (shards of 20)"
+    )
+    assert 0 <= recomputed <= 2 * 20
     _, lines, vectors = shards.load_shards(out)
-    assert lines.tolist() == list(range(1, 181)) + list(range(1, 121))
+    assert lines.tolist() == list(range(1, 601)) + list(range(1, 401))
     expected = np.concatenate([reference.encode(part) for part in texts])
     assert vectors.dtype == np.float32 and cosines(vectors, expected).min() >= 0.9999
     np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)

@@ -210,3 +210,15 @@ def test_a_saved_embedder_folder_embeds_the_corpus(tiny_llama_dir, tmp_path, ref
     assert main(argv) == 0
     check_folder(out, corpus, expected_lines, reference)
     assert json.loads((out / shards.MANIFEST).read_text())["config"]["embedder"] == {"embedder": str(saved)}
+
+
+def test_a_shard_reported_written_but_not_in_the_folder_is_refused(tmp_path):
+    """A worker that wrote its shard to a disk the driver does not see (no shared filesystem) is caught."""
+    (tmp_path / "in.txt").write_text("One.\nTwo.\n")
+    folder = shards.ShardFolder(tmp_path / "v", {"shard_size": 2}, [tmp_path / "in.txt"])
+    shard = next(folder.plan(2, "text"))
+    with pytest.raises(shards.PromptlabError, match="filesystem every node shares"):
+        folder.mark_written(shard, 4)
+    shards.write_shard_files(folder.shards, shard.name, shard.lines, np.ones((2, 4), np.float32))
+    folder.mark_written(shard, 4)
+    assert list(json.loads((tmp_path / "v" / "manifest.json").read_text())["shards"]) == [shard.name]

@@ -16,8 +16,8 @@
     ds.write_parquet("vectors/")  # rows {"text": ..., "embedding": float32 [H]}
 
 `embed_shards_ray` is what ``promptlab embed --ray`` runs: the shards of `promptlab.distributed.shards`
-(the same files, manifest and resumption as a local job), computed by the actors, written by the driver as
-each shard completes.
+(the same files, manifest and resumption as a local job), each computed and written by one actor, so the
+output folder must be on a filesystem every node shares (as for Ray Data's own writers).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from promptlab.distributed.shards import (
     ShardFolder,
     check_shard_size,
     make_embedder,
+    write_shard_files,
 )
 from promptlab.errors import PromptlabError
 
@@ -170,6 +172,32 @@ def actor_resources(
 
 
 # -- the sharded job --------------------------------------------------------------------------------------
+class EmbedShard:
+    """A Ray Data callable class for ``promptlab embed --ray``: each batch is one shard (one block of the
+    job's dataset), which the actor embeds and writes into ``shards`` itself, returning one row of facts
+    about it. Writing where the vectors are computed is what bounds a killed job's loss to the shard each
+    actor was embedding: nothing finished waits in a queue for the driver."""
+
+    def __init__(self, shards: str, *, normalize: bool = False, **options: Any):
+        self.embedder = make_embedder(options)
+        self.shards, self.normalize = Path(shards), normalize
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = []
+        for index in np.unique(batch["shard"]).tolist():
+            rows = batch["shard"] == index
+            name = str(batch["name"][rows][0])
+            if int(rows.sum()) != int(batch["rows"][rows][0]):  # Ray Data split or merged the shard's block
+                raise RuntimeError(f"shard {name} reached an actor in pieces; rerun the job to resume it.")
+            texts = [str(t) for t in batch["text"][rows]]
+            vectors = self.embedder.encode(
+                texts, normalize_embeddings=self.normalize, show_progress_bar=False
+            )
+            write_shard_files(self.shards, name, batch["line"][rows].tolist(), vectors)
+            done.append((index, vectors.shape[1]))
+        return {"shard": np.array([i for i, _ in done]), "dim": np.array([d for _, d in done])}
+
+
 def embed_shards_ray(
     options: dict[str, Any],
     out: ShardFolder,
@@ -183,8 +211,9 @@ def embed_shards_ray(
     on_shard: Callable[[Shard], None] | None = None,
 ) -> ShardedResult:
     """Embed the shards not yet in ``out`` on the connected Ray cluster (see `connect`) with a pool of
-    `EmbedBatch` actors built from ``options`` (as `make_embedder` takes them); the driver writes each
-    shard as soon as all its rows are back, so a killed job keeps every shard it wrote."""
+    `EmbedShard` actors built from ``options`` (as `make_embedder` takes them). The actors write the shards
+    (so ``out`` must lie on a filesystem every node shares, as for Ray Data's own writers); the driver
+    records each in the manifest as it is reported, and a killed job keeps every shard written."""
     ray = _import_ray()
     import pyarrow as pa
 
@@ -200,10 +229,12 @@ def embed_shards_ray(
     options = dict(options)
     if gpus and not options.get("device"):
         options["device"] = "cuda"
-    tables = [
+    tables = [  # one table, hence one block and one batch (batch_size=None), per shard
         pa.table(
             {
                 "shard": pa.array([i] * len(s.lines), pa.int64()),
+                "name": pa.array([s.name] * len(s.lines), pa.string()),
+                "rows": pa.array([len(s.lines)] * len(s.lines), pa.int64()),
                 "line": pa.array(s.lines, pa.int64()),
                 "text": pa.array(s.sentences, pa.string()),
             }
@@ -213,30 +244,19 @@ def embed_shards_ray(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     ds = ray.data.from_arrow(tables).map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"normalize": normalize, **options},
-        batch_size=shard_size,
+        EmbedShard,
+        fn_constructor_kwargs={"shards": str(out.shards.resolve()), "normalize": normalize, **options},
+        batch_size=None,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,
         num_gpus=gpus,
     )
-    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # rows back so far, by shard
-    arrived: dict[int, int] = {}
     written = sentences = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for index in np.unique(batch["shard"]).tolist():
-            rows = batch["shard"] == index
-            parts.setdefault(index, []).append((batch["line"][rows], np.asarray(batch["embedding"][rows])))
-            arrived[index] = arrived.get(index, 0) + int(rows.sum())
+        for index, dim in zip(batch["shard"].tolist(), batch["dim"].tolist(), strict=True):
             shard = pending[index]
-            if arrived[index] < len(shard.lines):
-                continue
-            lines = np.concatenate([lines for lines, _ in parts[index]])
-            vectors = np.concatenate([vectors for _, vectors in parts.pop(index)])
-            order = {line: row for row, line in enumerate(lines.tolist())}
-            vectors = vectors[[order[line] for line in shard.lines]]  # rows in the shard's line order
-            out.write(shard, vectors)
+            out.mark_written(shard, int(dim))
             written += 1
             sentences += len(shard.lines)
             if on_shard is not None:

@@ -8,8 +8,8 @@ two files in ``DIR/shards/``::
     00003-00012.npy         float32 [n,H] the vectors, row i for line lines[i]
 
 (file 3 of the corpus, its 13th shard). A shard's vectors are written last, each file under a temporary
-name and then renamed, so a shard whose ``.npy`` exists is complete; a killed job recomputes at most the
-shards that were in flight. ``DIR/manifest.json`` records the corpus (each file's path, size and SHA-256),
+name and then renamed, so a shard whose ``.npy`` exists is complete; a killed job recomputes only the
+shards that were being embedded (one per worker). ``DIR/manifest.json`` records the corpus (each file's path, size and SHA-256),
 the embedder options that decide the vectors, and the shards done; a rerun with other inputs or options
 is refused rather than mixing vectors of two configurations in one folder.
 
@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,18 @@ def _read_file(path: Path, field: str) -> list[tuple[int, str]]:
 
 # -- the output folder ------------------------------------------------------------------------------------
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
+
+
+def write_shard_files(shards: Path, name: str, lines: Sequence[int], vectors: np.ndarray) -> None:
+    """Write a shard into the folder ``shards``: its line numbers, then its vectors (whose presence marks
+    it complete), each under a temporary name and renamed; safe from several processes at once."""
+    if vectors.shape[0] != len(lines):
+        raise RuntimeError(f"shard {name}: {vectors.shape[0]} vectors for {len(lines)} lines")
+    _save_atomically(shards / f"{name}.lines.npy", np.asarray(lines, dtype=np.int64))
+    _save_atomically(shards / f"{name}.npy", np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 class ShardFolder:
@@ -195,14 +205,19 @@ class ShardFolder:
                 yield Shard(name, index, [n for n, _ in chunk], [s for _, s in chunk])
 
     def write(self, shard: Shard, vectors: np.ndarray) -> None:
-        """Write one shard: its line numbers, then its vectors (whose presence marks it complete)."""
-        if vectors.shape[0] != len(shard.lines):
-            raise RuntimeError(f"shard {shard.name}: {vectors.shape[0]} vectors for {len(shard.lines)} lines")
-        lines = np.asarray(shard.lines, dtype=np.int64)
-        _save_atomically(self.shards / f"{shard.name}.lines.npy", lines)
-        _save_atomically(self.shards / f"{shard.name}.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-        self.dim = int(vectors.shape[1])
-        self.records[shard.name] = self._record(shard.name, lines)
+        """Write one shard's files (see `write_shard_files`) and record it in the manifest."""
+        write_shard_files(self.shards, shard.name, shard.lines, vectors)
+        self.mark_written(shard, int(vectors.shape[1]))
+
+    def mark_written(self, shard: Shard, dim: int) -> None:
+        """Record a shard whose files are in place (written here or by a worker) in the manifest."""
+        if not self.is_done(shard.name):
+            raise PromptlabError(
+                f"shard {shard.name} was reported written but {self.shards} does not hold it: the workers "
+                "write the shards, so give --output a folder on a filesystem every node shares."
+            )
+        self.dim = dim
+        self.records[shard.name] = self._record(shard.name, np.asarray(shard.lines, dtype=np.int64))
         self.save_manifest()
 
     def fail(self, path: Path, message: str) -> None:
