@@ -131,13 +131,20 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated STS tasks (test sets)")
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap rounds (0: none)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", default=None, help="the record (JSON; its table beside it as .md)")
+    p.add_argument(
+        "--render", default=None, metavar="JSON", help="recompute and rewrite a saved record's table"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--vectors", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)
+    if args.render:
+        return rerender(args.render)
+    if not args.output:
+        p.error("give --output FILE.json (or --render FILE.json)")
 
     import numpy as np
     from scipy.stats import spearmanr
@@ -150,13 +157,6 @@ def main(argv=None) -> int:
     reference = args.reference or names[0]
     if reference not in names:
         p.error(f"--reference {reference} is not among --configs")
-    peaks = {}
-    if args.peak_seconds > 0:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-        peaks = {d: matmul_peak(d, args.peak_seconds) for d in ("float32", "bfloat16")}
-        print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f}, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     data = load_pairs(args.data_dir, args.pairs, args.seed, tasks)
     sentences = sorted({s for a, b, _ in data.values() for s in a + b})
@@ -187,12 +187,20 @@ def main(argv=None) -> int:
             "peak_rss_mib": rss,
             "sentences_per_second": result["sentences"] / result["seconds"],
         }
-        if "tokens" in result and result["dtype"] in peaks:
-            rate = 2 * result["params"] * result["tokens"] / result["seconds"]
-            results[name]["flops_per_second"] = rate
-            results[name]["fraction_of_matmul_peak"] = rate / peaks[result["dtype"]]
         print(f"{name}: {scores} avg {results[name]['average']:.2f}, {rss:.0f} MiB, "
               f"{results[name]['sentences_per_second']:.1f} sent/s", flush=True)  # fmt: skip
+    # The matmul peak of each compute dtype the transformers rows used, measured after them (in this process,
+    # with the rows' threads), so a dtype no row computes in (bf16 emulated on a CPU without it) costs nothing.
+    peaks = {}
+    if args.peak_seconds > 0:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        for r in results.values():
+            if "tokens" in r and r["dtype"] not in peaks:
+                peaks[r["dtype"]] = matmul_peak(r["dtype"], args.peak_seconds)
+                print(f"matmul peak {r['dtype']}: {peaks[r['dtype']] / 1e9:.0f} GFLOP/s", flush=True)
+        add_peak_fractions(results, peaks)
     if reference in vectors:
         ref, base = vectors[reference], results[reference]
         for name, v in vectors.items():
@@ -226,9 +234,30 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+def add_peak_fractions(results: dict, peaks: dict) -> None:
+    """Each transformers row's FLOP/s (2 x non-embedding parameters x tokens computed) and its fraction of
+    the matmul peak of its compute dtype. The parameters are the model's full count, the largest any row
+    reports (a 4-bit layer stores two weights per element), so a quantized row's rate is the float work
+    it stands in for."""
+    params = max((r["params"] for r in results.values() if "params" in r), default=0)
+    for r in results.values():
+        if "tokens" in r and r["dtype"] in peaks:
+            r["flops_per_second"] = 2 * params * r["tokens"] / r["seconds"]
+            r["fraction_of_matmul_peak"] = r["flops_per_second"] / peaks[r["dtype"]]
+
+
+def render(record: dict) -> str:
+    """The markdown table of a record."""
+    tasks, reference, peaks = record["tasks"], record["reference"], record["matmul_peak_flops"]
     lines = [
-        f"{args.model}, prompteol, {record['pairs_per_task']} test pairs (seed {args.seed}), "
-        f"{len(sentences)} unique sentences; load average at start {load[0]:.2f}; {record['cpu']}",
+        f"{record['model']}, prompteol, {record['pairs_per_task']} test pairs (seed {record['seed']}), "
+        f"{record['unique_sentences']} unique sentences; load average at start "
+        f"{record['load_average_at_start'][0]:.2f}; {record['cpu']}; {record['created']}",
         "",
         ("matmul peak (same run): " + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in peaks.items()))
         if peaks
@@ -240,7 +269,7 @@ def main(argv=None) -> int:
         "| sent/s (ratio) | % of matmul peak |",
         "|---|---|" + "---:|" * (len(tasks) + 7),
     ]
-    for name, r in results.items():
+    for name, r in record["results"].items():
         if "error" in r:
             lines.append(f"| {name} | failed |")
             continue
@@ -255,8 +284,17 @@ def main(argv=None) -> int:
             f"{r['sentences_per_second']:.1f} ({r.get('speed_ratio', float('nan')):.2f}×) | "
             f"{f'{100 * peak:.0f} %' if peak is not None else '-'} |"
         )  # fmt: skip
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def rerender(path: str) -> int:
+    """Recompute the matmul-peak fractions of a saved record from its own measurements; rewrite its table."""
+    out = Path(path)
+    record = json.loads(out.read_text())
+    add_peak_fractions(record["results"], record["matmul_peak_flops"])
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(record))
+    print(render(record))
     return 0
 
 
