@@ -229,7 +229,7 @@ def make_embed_parser(sub) -> None:
         default=None,
         metavar="ADDRESS",
         help="embed the shards with Ray actors: a local Ray, or a cluster's host:port / ray://host:port / auto "
-        "(extra [ray])",
+        "(extra [ray]); the actors write the shards, so --output must be on a filesystem every node shares",
     )
     p.add_argument(
         "--ray-actors", type=int, default=None, help="actors (default: as many as the cluster fits)"

@@ -105,11 +105,13 @@ def summary_lines(entries: list[dict[str, Any]], methods) -> list[str]:
         first, last = points[0], points[-1]
         delta = last[2] - first[2]
         steps = [b[2] - a[2] for a, b in zip(points, points[1:], strict=False)]
-        shape = "steadily" if all(s > 0 for s in steps) or all(s < 0 for s in steps) else "not monotonically"
+        monotonic = all(s > 0 for s in steps) or all(s < 0 for s in steps)
+        # Two points have no shape: say the direction only.
+        shape = "" if len(points) == 2 else ", steadily" if monotonic else ", not monotonically"
         trend = "grows" if delta > 0.5 else "falls" if delta < -0.5 else "stays flat (within 0.5)"
         caveat = " (only two sizes: a direction, not a curve)" if len(points) == 2 else ""
         lines.append(
-            f"- **{method.label}** {trend} with size, {shape}: {first[2]:.2f} ({first[1]}) to "
+            f"- **{method.label}** {trend} with size{shape}: {first[2]:.2f} ({first[1]}) to "
             f"{last[2]:.2f} ({last[1]}), {delta:+.2f} over {len(points)} sizes{caveat}."
         )
     return lines
