@@ -9,9 +9,9 @@ two files in ``DIR/shards/``::
 
 (file 3 of the corpus, its 13th shard). A shard's vectors are written last, each file under a temporary
 name and then renamed, so a shard whose ``.npy`` exists is complete; a killed job recomputes only the
-shards that were being embedded (one per worker). ``DIR/manifest.json`` records the corpus (each file's path, size and SHA-256),
-the embedder options that decide the vectors, and the shards done; a rerun with other inputs or options
-is refused rather than mixing vectors of two configurations in one folder.
+shards that were being embedded (one per worker). ``DIR/manifest.json`` records the corpus (each file's
+path, size and SHA-256), the embedder options that decide the vectors, and the shards done; a rerun with
+other inputs or options is refused rather than mixing vectors of two configurations in one folder.
 
 A malformed input file (a blank line in a text file, a JSONL line without the field) is reported with
 its file and line and left out; the other files are still embedded, and the command fails at the end.
