@@ -175,20 +175,15 @@ def tiny_mpnet():
 def adapter_dir(tiny_llama_dir, tmp_path):
     """A LoRA adapter with non-zero weights, saved as `promptlab finetune` saves its best/ folder."""
     pytest.importorskip("peft")
-    import torch
+    from helpers import lora_with_weights
 
     from promptlab.adapters import base_identity
     from promptlab.backends import load_backend
-    from promptlab.finetune.lora import add_lora, save_adapter
+    from promptlab.finetune.lora import save_adapter
 
     backend = load_backend("transformers", str(tiny_llama_dir), dtype="float32")
     identity = base_identity(backend)
-    peft_model = add_lora(backend, r=4, alpha=8, dropout=0.0, target_modules=None, quantized=False)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)  # LoRA starts with B = 0, a no-op; make the adapter matter
+    peft_model = lora_with_weights(backend, seed=1)
     folder = tmp_path / "best"
     meta = {
         "base": identity,

@@ -8,6 +8,16 @@ import random
 
 import pytest
 
+# Sentences a backend is compared on against the transformers backend: punctuation, quotes, different
+# lengths (so padding matters), and one repeated (so deduplication matters).
+BACKEND_SENTENCES = [
+    "A man is playing a guitar.",
+    "The cat sits.",
+    "Two dogs run through a field of grass while children watch!",
+    'He said "hello" to everyone in the room?',
+    "The cat sits.",
+]
+
 WORDS = (
     "a man woman child dog cat horse guitar onion field grass room music river city street car train "
     "plays slices sits runs sleeps rides watches reads writes sings under over near through while"
@@ -31,3 +41,19 @@ def require_runtime(module: str, require_env: str, skip_reason: str) -> None:
         if os.environ.get(require_env):
             pytest.fail(f"{require_env} is set but {module} is not installed in this environment")
         pytest.skip(skip_reason)
+
+
+def lora_with_weights(backend, seed: int):
+    """A LoRA (r=4) on ``backend``'s model with seeded non-zero B matrices: a fresh LoRA has B = 0, a no-op,
+    and a test of adapters needs one that moves the vectors."""
+    import torch
+
+    from promptlab.finetune.lora import add_lora
+
+    peft_model = add_lora(backend, r=4, alpha=8, dropout=0.0, target_modules=None, quantized=False)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return peft_model

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from conftest import backend_for
+from helpers import lora_with_weights
 
 from promptlab import backends
 from promptlab.backends import BaseBackend, Capabilities, Request, TrainableBackend
@@ -182,19 +182,14 @@ def test_the_transformers_backend_fulfils_both_protocols(tiny_llama):
 def _saved_adapter(tiny_llama, folder):
     """A LoRA adapter with non-zero weights on a copy of the tiny LLaMA, saved as `promptlab finetune` does."""
     from promptlab.adapters import base_identity
-    from promptlab.finetune.lora import add_lora, save_adapter
+    from promptlab.finetune.lora import save_adapter
 
     model, tokenizer = tiny_llama
     clone = type(model)(model.config).eval()
     clone.load_state_dict(model.state_dict())
     backend = backend_for((clone, tokenizer))
     identity = base_identity(backend)
-    peft_model = add_lora(backend, r=4, alpha=8, dropout=0.0, target_modules=None, quantized=False)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)  # LoRA starts as a no-op (B = 0); make the adapter matter
+    peft_model = lora_with_weights(backend, seed=1)
     save_adapter(peft_model, folder, {"base": identity, "layer": -1})
     return folder
 

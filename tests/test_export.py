@@ -9,13 +9,13 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip(
     "sentence_transformers", reason="the export tests load the folder in sentence-transformers"
 )
 
 from conftest import CORPUS  # noqa: E402
+from helpers import lora_with_weights  # noqa: E402
 
 from promptlab.embedder import Embedder  # noqa: E402
 from promptlab.errors import PromptlabError  # noqa: E402
@@ -94,16 +94,11 @@ def test_adapter_is_merged_into_the_exported_weights(tiny_llama_dir, tmp_path):
     pytest.importorskip("peft")
     from promptlab.adapters import base_identity
     from promptlab.backends import load_backend
-    from promptlab.finetune.lora import add_lora, save_adapter
+    from promptlab.finetune.lora import save_adapter
 
     backend = load_backend("transformers", str(tiny_llama_dir), dtype="float32")
     identity = base_identity(backend)
-    peft_model = add_lora(backend, r=4, alpha=8, dropout=0.0, target_modules=None, quantized=False)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
+    peft_model = lora_with_weights(backend, seed=2)
     meta = {"base": identity, "layer": -1, "config": {"model": str(tiny_llama_dir), "dtype": "float32"}}
     save_adapter(peft_model, tmp_path / "adapter", meta)
     embedder = Embedder(str(tiny_llama_dir), "prompteol", dtype="float32", adapter=str(tmp_path / "adapter"))

@@ -15,20 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import require_runtime
+from helpers import BACKEND_SENTENCES, require_runtime
 
 from promptlab.backends import check_request
 from promptlab.backends.base import Request
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
 
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The cat sits.",
-    "Two dogs run through a field of grass while children watch!",
-    'He said "hello" to everyone in the room?',
-    "The cat sits.",
-]
+SENTENCES = BACKEND_SENTENCES
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,14 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from helpers import require_runtime
+from helpers import BACKEND_SENTENCES, require_runtime
 
 from promptlab.backends.vllm import VllmBackend
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
 from promptlab.tokenization import pad_batch
 
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The cat sits.",
-    "Two dogs run through a field of grass while children watch!",
-    'He said "hello" to everyone in the room?',
-    "The cat sits.",
-]
+SENTENCES = BACKEND_SENTENCES
 
 
 @pytest.fixture(scope="module")
