@@ -48,7 +48,8 @@ OPTIONS = {
 }
 # The prompts of one call share one key/value cache and every token attends over all of it (masks keep the
 # prompts apart), so attention work grows with the call's size: on SmolLM2-135M (2 AVX2 cores, 600 STS
-# sentences) 512 tokens per call embedded 1.9x faster than 4096, and 256 no faster than 512.
+# sentences, one run beside other jobs) 512 tokens per call embedded 1.9x faster than 4096, and 256 no
+# faster than 512.
 DEFAULT_BATCH = 512
 DEFAULT_UBATCH = 512
 DEFAULT_SEQS = 64
