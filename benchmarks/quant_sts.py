@@ -10,6 +10,8 @@ configurations, so the interval is that of the difference, not of either score),
 configuration's vectors and the reference's, peak memory, sentences/s and its ratio to the reference.
 For the transformers rows, the achieved FLOP/s (2 x non-embedding parameters x tokens computed, a shared
 prefix counted once) as a fraction of the matmul peak of the row's compute dtype, measured in the same run.
+The record and its table are rewritten after every row. Each finished row's vectors stay in ``<output>.work/``:
+the same command run again (same model, pairs and CPU) keeps those rows and runs only the others.
 
     python benchmarks/quant_sts.py --pairs 300 --configs default,int8-weight-only,nf4,llamacpp \
         --output experiments/bench/quant-table-smollm2-135m.json
@@ -18,11 +20,11 @@ prefix counted once) as a fraction of the matmul peak of the row's compute dtype
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -149,7 +151,6 @@ def main(argv=None) -> int:
     import numpy as np
     from scipy.stats import spearmanr
 
-    load = os.getloadavg()
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -161,18 +162,41 @@ def main(argv=None) -> int:
     data = load_pairs(args.data_dir, args.pairs, args.seed, tasks)
     sentences = sorted({s for a, b, _ in data.values() for s in a + b})
     index = {s: i for i, s in enumerate(sentences)}
-    work = Path(tempfile.mkdtemp())
-    (work / "pairs.json").write_text(json.dumps(data))
-    results, vectors, cosines = {}, {}, {}
+    out = Path(args.output)
+    # Each finished row's vectors and result stay in a folder beside the record, so a run stopped mid-way (a
+    # 1.5B model's table takes hours on a small CPU) and started again with the same command keeps them.
+    # Only rows of the same model, pairs and CPU are kept: speed ratios mean nothing across machines.
+    work = out.with_suffix(".work")
+    pairs_json = json.dumps(data)
+    run = {"model": args.model, "pairs_sha256": hashlib.sha256(pairs_json.encode()).hexdigest()}
+    run["cpu"] = cpu_name()
+    if (work / "run.json").exists() and (kept := json.loads((work / "run.json").read_text())) != run:
+        differ = ", ".join(f"{k} {kept.get(k)!r} here {v!r}" for k, v in run.items() if kept.get(k) != v)
+        p.error(f"{work} holds rows of another run ({differ}); remove that folder, or give another --output")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "run.json").write_text(json.dumps(run))
+    (work / "pairs.json").write_text(pairs_json)
+    results, vectors, cosines, peaks = {}, {}, {}, {}
     for name in names:
-        files = ["--pairs-file", str(work / "pairs.json"), "--vectors", str(work / f"{name}.npy")]
-        argv_child = [__file__, "--child", name, "--model", args.model, *files, "--output", "-"]
-        result, rss, tail = spawn(sys.executable, argv_child, 4 * 3600)
-        if result is None:
-            print(f"{name}: FAILED\n{tail}", flush=True)
-            results[name] = {"error": tail[-600:]}
-            continue
-        v = np.load(work / f"{name}.npy")
+        saved, npy = work / f"{name}.json", work / f"{name}.npy"
+        if saved.exists() and npy.exists():
+            row = json.loads(saved.read_text())
+            print(f"{name}: kept from the run of {row['measured']}", flush=True)
+        else:
+            files = ["--pairs-file", str(work / "pairs.json"), "--vectors", str(npy)]
+            argv_child = [__file__, "--child", name, "--model", args.model, *files, "--output", "-"]
+            load = os.getloadavg()
+            result, rss, tail = spawn(sys.executable, argv_child, 4 * 3600)
+            if result is None:
+                print(f"{name}: FAILED\n{tail}", flush=True)
+                results[name] = {"error": tail[-600:]}
+                continue
+            row = {"result": result, "peak_rss_mib": rss, "load_average_at_start": load}
+            row["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            partial = saved.with_name(saved.name + ".partial")
+            partial.write_text(json.dumps(row))
+            partial.replace(saved)  # the row counts as done only once whole
+        v = np.load(npy)
         vectors[name] = v
         scores, cosines[name] = {}, {}
         for task, (a, b, gold) in data.items():
@@ -181,17 +205,20 @@ def main(argv=None) -> int:
             cosines[name][task] = cos
             scores[task] = 100 * spearmanr(cos, gold).statistic
         results[name] = {
-            **result,
+            **row["result"],
             "scores": scores,
             "average": sum(scores.values()) / len(scores),
-            "peak_rss_mib": rss,
-            "sentences_per_second": result["sentences"] / result["seconds"],
+            "peak_rss_mib": row["peak_rss_mib"],
+            "sentences_per_second": row["result"]["sentences"] / row["result"]["seconds"],
+            "measured": row["measured"],
+            "load_average_at_start": row["load_average_at_start"],
         }
-        print(f"{name}: {scores} avg {results[name]['average']:.2f}, {rss:.0f} MiB, "
+        print(f"{name}: {scores} avg {results[name]['average']:.2f}, {row['peak_rss_mib']:.0f} MiB, "
               f"{results[name]['sentences_per_second']:.1f} sent/s", flush=True)  # fmt: skip
+        compare(results, vectors, cosines, data, reference, args)
+        write_record(out, args, tasks, data, reference, peaks, len(sentences), results)  # the rows so far
     # The matmul peak of each compute dtype the transformers rows used, measured after them (in this process,
     # with the rows' threads), so a dtype no row computes in (bf16 emulated on a CPU without it) costs nothing.
-    peaks = {}
     if args.peak_seconds > 0:
         import torch
 
@@ -201,21 +228,37 @@ def main(argv=None) -> int:
                 peaks[r["dtype"]] = matmul_peak(r["dtype"], args.peak_seconds)
                 print(f"matmul peak {r['dtype']}: {peaks[r['dtype']] / 1e9:.0f} GFLOP/s", flush=True)
         add_peak_fractions(results, peaks)
-    if reference in vectors:
-        ref, base = vectors[reference], results[reference]
-        for name, v in vectors.items():
-            cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
-            results[name]["cosine_to_reference"] = {"mean": float(cos.mean()), "min": float(cos.min())}
-            results[name]["delta_average"] = results[name]["average"] - base["average"]
-            results[name]["speed_ratio"] = (
-                results[name]["sentences_per_second"] / base["sentences_per_second"]
+    record = write_record(out, args, tasks, data, reference, peaks, len(sentences), results)
+    print(render(record))
+    return 0
+
+
+def compare(results: dict, vectors: dict, cosines: dict, data: dict, reference: str, args) -> None:
+    """Each finished row against the reference row: cosines, score change with its bootstrap interval,
+    speed and memory ratios."""
+    import numpy as np
+
+    if reference not in vectors:
+        return
+    ref, base = vectors[reference], results[reference]
+    gold = {task: np.asarray(d[2]) for task, d in data.items()}
+    for name, v in vectors.items():
+        if "speed_ratio" in results[name]:
+            continue
+        cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
+        results[name]["cosine_to_reference"] = {"mean": float(cos.mean()), "min": float(cos.min())}
+        results[name]["delta_average"] = results[name]["average"] - base["average"]
+        results[name]["speed_ratio"] = results[name]["sentences_per_second"] / base["sentences_per_second"]
+        results[name]["rss_ratio"] = results[name]["peak_rss_mib"] / base["peak_rss_mib"]
+        if args.bootstrap and name != reference:
+            results[name]["delta_average_ci95"] = paired_bootstrap(
+                cosines[name], cosines[reference], gold, rounds=args.bootstrap, seed=args.seed
             )
-            results[name]["rss_ratio"] = results[name]["peak_rss_mib"] / base["peak_rss_mib"]
-            if args.bootstrap and name != reference:
-                gold = {task: np.asarray(d[2]) for task, d in data.items()}
-                results[name]["delta_average_ci95"] = paired_bootstrap(
-                    cosines[name], cosines[reference], gold, rounds=args.bootstrap, seed=args.seed
-                )
+
+
+def write_record(out: Path, args, tasks, data, reference, peaks, unique_sentences, results) -> dict:
+    """The record (JSON) and its table (markdown) beside it, written whole each time."""
+    loads = [r["load_average_at_start"][0] for r in results.values() if "load_average_at_start" in r]
     record = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [sys.executable, *sys.argv],
@@ -227,16 +270,16 @@ def main(argv=None) -> int:
         "reference": reference,
         "matmul_peak_flops": peaks,
         "cpu": cpu_name(),
-        "unique_sentences": len(sentences),
-        "load_average_at_start": load,
+        "unique_sentences": unique_sentences,
+        "load_average_at_start": [max(loads, default=0.0)],  # the busiest row's, as the table states it
         "results": results,
     }
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(record))
-    print(render(record))
-    return 0
+    for path, text in ((out, json.dumps(record, indent=2) + "\n"), (out.with_suffix(".md"), render(record))):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        partial.replace(path)
+    return record
 
 
 def add_peak_fractions(results: dict, peaks: dict) -> None:
@@ -256,7 +299,7 @@ def render(record: dict) -> str:
     tasks, reference, peaks = record["tasks"], record["reference"], record["matmul_peak_flops"]
     lines = [
         f"{record['model']}, prompteol, {record['pairs_per_task']} test pairs (seed {record['seed']}), "
-        f"{record['unique_sentences']} unique sentences; load average at start "
+        f"{record['unique_sentences']} unique sentences; load average at a row's start (highest) "
         f"{record['load_average_at_start'][0]:.2f}; {record['cpu']}; {record['created']}",
         "",
         ("matmul peak (same run): " + ", ".join(f"{d} {f / 1e9:.0f} GFLOP/s" for d, f in peaks.items()))

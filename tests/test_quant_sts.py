@@ -64,3 +64,44 @@ def test_quant_sts_rows_ratios_and_render(tiny_llama_dir, tmp_path):
     assert f"| default | {default['dtype']} |" in table and "(1.00×)" in table
     subprocess.run([sys.executable, str(BENCH), "--render", str(out)], check=True, capture_output=True)
     assert out.with_suffix(".md").read_text() == table
+
+
+def test_quant_sts_rerun_keeps_finished_rows(tiny_llama_dir, tmp_path):
+    """A run started again with more rows keeps the finished ones (their measurements unchanged) and adds the
+    rest; a run of other pairs into the same record is refused before it touches it."""
+    out = tmp_path / "q.json"
+    argv = [
+        sys.executable,
+        str(BENCH),
+        "--model",
+        str(tiny_llama_dir),
+        "--tasks",
+        "STS12",
+        "--bootstrap",
+        "0",
+    ]
+    argv += ["--peak-seconds", "0", "--data-dir", str(SENTEVAL), "--output", str(out)]
+    subprocess.run([*argv, "--pairs", "5", "--configs", "fp32"], check=True, capture_output=True, timeout=600)
+    first = json.loads(out.read_text())["results"]["fp32"]
+    run = subprocess.run(
+        [*argv, "--pairs", "5", "--configs", "fp32,fp16"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "fp32: kept from the run of" in run.stdout
+    record = json.loads(out.read_text())
+    assert record["results"]["fp32"]["seconds"] == first["seconds"]
+    assert record["results"]["fp32"]["measured"] == first["measured"]
+    fp16 = record["results"]["fp16"]
+    assert (
+        fp16["dtype"] == "float16" and fp16["speed_ratio"] > 0 and fp16["cosine_to_reference"]["min"] > 0.99
+    )
+    table = out.with_suffix(".md").read_text()
+    refused = subprocess.run(
+        [*argv, "--pairs", "4", "--configs", "fp32"], capture_output=True, text=True, timeout=600
+    )
+    assert refused.returncode == 2 and "holds rows of another run" in refused.stderr
+    assert "remove that folder, or give another --output" in refused.stderr.strip().splitlines()[-1]
+    assert out.with_suffix(".md").read_text() == table and json.loads(out.read_text()) == record
