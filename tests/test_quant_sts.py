@@ -70,17 +70,8 @@ def test_quant_sts_rerun_keeps_finished_rows(tiny_llama_dir, tmp_path):
     """A run started again with more rows keeps the finished ones (their measurements unchanged) and adds the
     rest; a run of other pairs into the same record is refused before it touches it."""
     out = tmp_path / "q.json"
-    argv = [
-        sys.executable,
-        str(BENCH),
-        "--model",
-        str(tiny_llama_dir),
-        "--tasks",
-        "STS12",
-        "--bootstrap",
-        "0",
-    ]
-    argv += ["--peak-seconds", "0", "--data-dir", str(SENTEVAL), "--output", str(out)]
+    argv = [sys.executable, str(BENCH), "--model", str(tiny_llama_dir), "--tasks", "STS12"]
+    argv += ["--bootstrap", "0", "--peak-seconds", "0", "--data-dir", str(SENTEVAL), "--output", str(out)]
     subprocess.run([*argv, "--pairs", "5", "--configs", "fp32"], check=True, capture_output=True, timeout=600)
     first = json.loads(out.read_text())["results"]["fp32"]
     run = subprocess.run(
