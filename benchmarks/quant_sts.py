@@ -193,9 +193,7 @@ def main(argv=None) -> int:
                 continue
             row = {"result": result, "peak_rss_mib": rss, "load_average_at_start": load}
             row["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            partial = saved.with_name(saved.name + ".partial")
-            partial.write_text(json.dumps(row))
-            partial.replace(saved)  # the row counts as done only once whole
+            write_whole(saved, json.dumps(row))  # the row counts as done only once whole
         v = np.load(npy)
         vectors[name] = v
         scores, cosines[name] = {}, {}
@@ -275,11 +273,16 @@ def write_record(out: Path, args, tasks, data, reference, peaks, unique_sentence
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, json.dumps(record, indent=2) + "\n"), (out.with_suffix(".md"), render(record))):
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(text)
-        partial.replace(path)
+    write_whole(out, json.dumps(record, indent=2) + "\n")
+    write_whole(out.with_suffix(".md"), render(record))
     return record
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and move it into place, so a stopped run never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def add_peak_fractions(results: dict, peaks: dict) -> None:
