@@ -676,6 +676,58 @@ def test_adapter_loads_through_the_embedder(trained_llama, tiny_llama, merge):
     assert meta["config"]["lr"] == 2e-2 and meta["template"]["name"] == "prompteol" and meta["step"] == 4
 
 
+def test_a_demonstration_is_trained_in_every_prompt_and_recorded(tmp_path, senteval, tiny_llama):
+    cfg = config(tmp_path, senteval, steps=4, eval_every=0, lr=2e-2, demonstration="eol-opt-125m")
+    trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY))
+    # What is trained is the prompt `promptlab eval --demonstration` reads: the solved example, then the template.
+    assert trainer.view.template.text.startswith(
+        'This sentence : "A man is smoking." means in one word:"Smoking". This sentence : "'
+    )
+    sentences = [e.positive for e in TOY]
+    evaluated = Embedder(trainer.backend, "prompteol", demonstration="eol-opt-125m")
+    np.testing.assert_allclose(
+        encode_with_grad(trainer.view, sentences).detach().numpy(),
+        evaluated.encode(sentences),
+        atol=2e-5,
+        rtol=1e-4,
+    )
+    trainer.run(progress=False)
+    trainer.model.eval()
+    best = tmp_path / "run" / "best"
+    meta = json.loads((best / "promptlab_adapter.json").read_text())
+    assert meta["demonstration"]["id"] == "eol-opt-125m" and meta["config"]["demonstration"] == "eol-opt-125m"
+    with_demo = Embedder(
+        backend_for(fresh(tiny_llama)), "prompteol", demonstration="eol-opt-125m", adapter=str(best)
+    )
+    np.testing.assert_allclose(
+        with_demo.encode(sentences), trainer.view.encode(sentences), atol=1e-5, rtol=1e-5
+    )
+    with pytest.warns(UserWarning, match=r"trained with template 'prompteol\+eol-opt-125m'"):
+        Embedder(backend_for(fresh(tiny_llama)), "prompteol", adapter=str(best))
+
+
+def test_a_demonstration_from_evaluation_data_is_flagged_when_training_holds_it_out(
+    tmp_path, senteval, tiny_llama
+):
+    cfg = config(tmp_path, senteval, demonstration="eol-opt-125m", holdout="pairs")
+    with pytest.warns(UserWarning, match="'eol-opt-125m' is a sentence of STS12 test"):
+        Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY))
+
+
+def test_a_search_without_candidates_fails_before_the_model_loads(tmp_path, senteval):
+    search = tmp_path / "search.jsonl"
+    search.write_text("")
+    cfg = config(tmp_path, senteval, demonstration=f"best-of:{search}")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the demonstration was read")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("promptlab.backends.load_backend", no_model)
+        with pytest.raises(PromptlabError, match="holds no scored demonstration candidates"):
+            Trainer(cfg, data=TrainingData(TOY))
+
+
 def test_adapter_on_another_base_is_refused(trained_llama, tiny_opt):
     _, best = trained_llama
     with pytest.raises(

@@ -40,6 +40,13 @@ class FinetuneConfig:
     template2: str | None = field(
         default=None, metadata={"help": "second view's template, for objective 'two_template' (PromptBERT)"}
     )
+    demonstration: str | None = field(
+        default=None,
+        metadata={
+            "help": "a demonstration solved in front of every prompt, trained and evaluated with it: a "
+            "shipped id or best-of:SEARCH.jsonl, as in `promptlab eval --demonstration`"
+        },
+    )
     layer: int = field(default=-1, metadata={"help": "hidden-state layer read out, as in `promptlab eval`"})
     dtype: str = field(
         default="bfloat16", metadata={"help": "float32 | bfloat16 | float16 for the base model"}

@@ -25,6 +25,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from promptlab.adapters import base_identity
+from promptlab.demonstrations import resolve_demonstration
 from promptlab.errors import PromptlabError
 from promptlab.finetune.config import FinetuneConfig
 from promptlab.finetune.data import Example, TrainingData, build_training_data
@@ -149,6 +151,15 @@ class Trainer:
         )
         if parallel is not None:  # before the model loads
             parallel.check_batch_size(min(config.batch_size, len(self.data)))
+        # Read before the model loads too: a search file without candidates fails in a second.
+        self.demonstration = resolve_demonstration(config.demonstration)
+        if self.demonstration is not None and self.demonstration.eval_overlap and config.holdout != "none":
+            warnings.warn(
+                f"demonstration {self.demonstration.id!r} is a sentence of {self.demonstration.eval_overlap}, "
+                f"and every training prompt carries it past the holdout ({config.holdout!r}); choose one "
+                "from a search pool (best-of:SEARCH.jsonl) to keep evaluation sentences out of training.",
+                stacklevel=2,
+            )
         if backend is None:
             from promptlab.backends import load_backend
 
@@ -162,12 +173,15 @@ class Trainer:
             check_request(backend, Request(gradients=True, adapter=True))  # LoRA trains through the adapter
         self.backend = backend
         # The views are `Embedder`s: the same tokenization, padding, layer and pooling as evaluation.
-        self.view = Embedder(backend, config.template, layer=config.layer, max_length=config.max_length)
-        self.view2 = (
-            Embedder(backend, config.template2, layer=config.layer, max_length=config.max_length)
-            if config.template2
-            else None
+        view = partial(
+            Embedder,
+            backend,
+            layer=config.layer,
+            max_length=config.max_length,
+            demonstration=self.demonstration,
         )
+        self.view = view(config.template)
+        self.view2 = view(config.template2) if config.template2 else None
         if self.view2 is not None and self.view2.template.pooling != self.view.template.pooling:
             raise PromptlabError(
                 f"templates {self.view.template.name!r} and {self.view2.template.name!r} are read out "
@@ -246,6 +260,7 @@ class Trainer:
             "base": self.base,
             "template": {"name": t.name, "kind": t.kind, "text": t.text, "pooling": t.pooling},
             "layer": self.config.layer,
+            "demonstration": self.demonstration.to_dict() if self.demonstration else None,
             "step": step,
             "dev_spearman": dev,
             "dev_task": self._dev.name,
