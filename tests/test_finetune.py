@@ -841,6 +841,23 @@ def test_cli_finetune_then_eval_with_adapter(tmp_path, senteval, tiny_llama_dir,
     assert "pass --resume" in capsys.readouterr().err
 
 
+def test_an_adapter_trained_with_a_demonstration_loads_with_it(tmp_path, senteval, tiny_llama_dir):
+    (tmp_path / "pairs.csv").write_text("sent0,sent1\n" + "".join(f"{e.anchor},{e.positive}\n" for e in TOY))
+    cfg = config(
+        tmp_path, senteval, model=str(tiny_llama_dir), data=[str(tmp_path / "pairs.csv")], steps=2,
+        eval_every=0, dtype="float32", demonstration="eol-opt-125m",
+    )  # fmt: skip
+    Trainer(cfg).run(progress=False)
+    best = tmp_path / "run" / "best"
+    loaded = Embedder.load(str(best))  # the adapter folder alone: model, template, demonstration, layer
+    assert loaded.template.name == "prompteol+eol-opt-125m"
+    sentences = [e.anchor for e in TOY]
+    given = Embedder(
+        str(tiny_llama_dir), "prompteol", dtype="float32", demonstration="eol-opt-125m", adapter=str(best)
+    )
+    np.testing.assert_allclose(loaded.encode(sentences), given.encode(sentences), atol=1e-6, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- slow: a real encoder and data
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/senteval"
