@@ -635,16 +635,21 @@ def test_dev_score_is_evaluate_on_the_select_on_task(tmp_path, tiny_llama, task)
     assert trainer.adapter_metadata(0, expected)["dev_task"] == task
 
 
-def test_missing_dev_data_fails_before_the_model_loads(tmp_path, senteval):
-    cfg = config(tmp_path, senteval, select_on="TRECQA-rerank")  # the fixture folder has no TREC QA
+def refused_before_the_model_loads(cfg: FinetuneConfig, message: str) -> None:
+    """``Trainer(cfg)`` raises ``message`` without loading a model (a bad input fails in a second)."""
 
     def no_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the dev data was read")
+        raise AssertionError(f"the model was loaded before refusing with {message!r}")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("promptlab.backends.load_backend", no_model)
-        with pytest.raises(PromptlabError, match="TRECQA|answer-selection"):
+        with pytest.raises(PromptlabError, match=message):
             Trainer(cfg, data=TrainingData(TOY))
+
+
+def test_missing_dev_data_fails_before_the_model_loads(tmp_path, senteval):
+    cfg = config(tmp_path, senteval, select_on="TRECQA-rerank")  # the fixture folder has no TREC QA
+    refused_before_the_model_loads(cfg, "TRECQA|answer-selection")
 
 
 # --------------------------------------------------------------------------- adapters through the Embedder
@@ -718,14 +723,7 @@ def test_a_search_without_candidates_fails_before_the_model_loads(tmp_path, sent
     search = tmp_path / "search.jsonl"
     search.write_text("")
     cfg = config(tmp_path, senteval, demonstration=f"best-of:{search}")
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the demonstration was read")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("promptlab.backends.load_backend", no_model)
-        with pytest.raises(PromptlabError, match="holds no scored demonstration candidates"):
-            Trainer(cfg, data=TrainingData(TOY))
+    refused_before_the_model_loads(cfg, "holds no scored demonstration candidates")
 
 
 def test_adapter_on_another_base_is_refused(trained_llama, tiny_opt):
