@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 from test_evaluation import write_fake_senteval
 
 from promptlab.cli import main
+from promptlab.cli_options import add_model_args
 from promptlab.errors import PromptlabError
-from promptlab.experiments.scaling import load_plan, plan_from_dict, run_plan
+from promptlab.experiments.scaling import load_plan, plan_from_dict, resolve, run_plan
 from promptlab.experiments.scaling_report import write_scaling_report
+from promptlab.finetune.config import FinetuneConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,6 +35,46 @@ def test_the_shipped_plan_parses_and_names_every_cell():
     assert cells["qwen2.5-coder-1.5b/metaeol"].dropped and cells["qwen2.5-coder-1.5b/demo"].dropped
     assert cells["smollm2-135m/combined"].held
     assert cells["smollm2-135m/prompteol-last"].done()  # an existing record, not recomputed
+
+
+def test_every_training_cell_reads_its_adapter_as_it_was_trained():
+    """The eval after `promptlab finetune` must read the adapter on the base, template, layer, dtype,
+    quantization and demonstration it was trained with, each flag given once (argparse keeps the last of a
+    repeated flag, which hides a contradiction)."""
+    plan = load_plan(REPO / "experiments/scaling/plan.toml", root=REPO)
+    eval_parser = argparse.ArgumentParser()
+    add_model_args(eval_parser)
+    eval_parser.add_argument("--output")
+    checked = 0
+    for cell in plan.cells():
+        if cell.dropped or cell.existing or not cell.method.train:
+            continue
+        finetune, evaluate = resolve(plan, cell, strict=False)
+        config = FinetuneConfig.from_toml(REPO / shlex.split(finetune)[2])
+        argv = shlex.split(evaluate)[2:]
+        flags = [a for a in argv if a.startswith("--")]
+        assert len(flags) == len(set(flags)), f"{cell.name}: a flag given twice in {evaluate!r}"
+        args = eval_parser.parse_args(argv)
+        assert args.adapter == str(Path(config.output_dir) / "best"), cell.name
+        read = (
+            args.model,
+            args.template,
+            args.layer,
+            args.dtype,
+            args.quantization or "none",
+            args.demonstration,
+        )
+        trained = (
+            config.model,
+            config.template,
+            config.layer,
+            config.dtype,
+            config.quantization,
+            config.demonstration,
+        )
+        assert read == trained, cell.name
+        checked += 1
+    assert checked == 4  # three models' CSE and combined-demo (the other SmolLM2 runs predate the plan)
 
 
 def _plan(tmp_path: Path, model_dir, **changes) -> dict:
