@@ -6,6 +6,8 @@ import argparse
 import json
 import re
 import shlex
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -216,6 +218,71 @@ def test_a_cell_whose_dependency_is_missing_is_refused_in_one_line(env, tiny_lla
     assert recorder.calls == [] and report.refused == [f"{tiny_llama_dir}/sweep-best"]
     refusal = [m for m in messages if m.startswith("refused")]
     assert len(refusal) == 1 and "needs dev-sweep" in refusal[0] and "\n" not in refusal[0]
+
+
+class FakeCommands:
+    """Stands in for the promptlab processes: writes what each command writes, records when it ran, fails
+    the verbs it is told to. The first ``together`` commands return only once all of them have started."""
+
+    def __init__(self, together: int = 1, fail: tuple[str, ...] = ()):
+        self.barrier = threading.Barrier(together, timeout=20) if together > 1 else None
+        self.together, self.fail = together, fail
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.argvs: dict[str, list[str]] = {}
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, argv: list[str], threads: int) -> int:
+        started = time.monotonic()
+        output = Path(argv[argv.index("--output") + 1])
+        with self.lock:
+            self.calls += 1
+            first = self.calls <= self.together
+            self.argvs[output.name] = argv
+        if first and self.barrier is not None:
+            self.barrier.wait()  # BrokenBarrierError when the runner ran these one after another
+        if argv[1] in self.fail:
+            return 1
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if argv[1] == "sweep":
+            rows = [
+                ({"template": "prompteol", "layer": 2}, 50.0),
+                ({"template": "eol-topic", "layer": 3}, 60.0),
+            ]
+            output.write_text("".join(json.dumps({"key": k, "score": v}) + "\n" for k, v in rows))
+        else:
+            output.write_text(json.dumps({"kind": "eval", "average": 1.0}))
+        self.spans[output.name] = (started, time.monotonic())
+        return 0
+
+    def span(self, suffix: str) -> tuple[float, float]:
+        return next(v for k, v in self.spans.items() if k.endswith(suffix))
+
+
+def test_jobs_run_independent_cells_together_and_a_cell_after_what_it_needs(env, tiny_llama_dir):
+    plan = plan_from_dict(_plan(env, tiny_llama_dir), where=Path("plan.toml"), root=env)
+    fake = FakeCommands(together=2)
+    report = run_plan(plan, jobs=2, execute=fake, log=lambda message: None)
+    # The sweep and the last-layer eval ran at the same time (the barrier), the eval that reads the sweep's
+    # best row only after the sweep had ended, with that row's template and layer.
+    assert sorted(report.ran) == sorted(
+        f"{tiny_llama_dir}/{m}" for m in ("dev-sweep", "prompteol-last", "sweep-best")
+    )
+    assert fake.span("--sweep-best.json")[0] >= fake.span("sweep.jsonl")[1]
+    best = next(a for k, a in fake.argvs.items() if k.endswith("--sweep-best.json"))
+    assert best[best.index("--template") + 1] == "eol-topic" and best[best.index("--layer") + 1] == "3"
+
+
+def test_with_jobs_a_failed_dependency_refuses_its_cells_and_the_rest_still_run(env, tiny_llama_dir):
+    plan = plan_from_dict(_plan(env, tiny_llama_dir), where=Path("plan.toml"), root=env)
+    messages: list[str] = []
+    report = run_plan(plan, jobs=2, execute=FakeCommands(fail=("sweep",)), log=messages.append)
+    assert report.failed == [f"{tiny_llama_dir}/dev-sweep"]
+    assert report.refused == [f"{tiny_llama_dir}/sweep-best"]
+    assert report.ran == [f"{tiny_llama_dir}/prompteol-last"]
+    assert any(m.startswith("refused") and "needs dev-sweep" in m for m in messages)
+    with pytest.raises(PromptlabError, match="--jobs 0"):
+        run_plan(plan, jobs=0, execute=FakeCommands(), log=messages.append)
 
 
 def test_dry_run_prints_commands_and_costs_and_runs_nothing(env, tiny_llama_dir):

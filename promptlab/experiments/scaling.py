@@ -31,7 +31,8 @@ Placeholders in commands: ``{model} {dtype} {record} {output} {work} {args}`` (`
 cell's output that matches ``where``, e.g. the sweep's best template and layer) and ``{output.METHOD}``
 (another cell's output file). ``best-of:{output}`` is the demonstration search's own mechanism.
 
-`run_plan` runs the cells whose record is missing, in dependency order. Every step is resumable by the
+`run_plan` runs the cells whose record is missing, in dependency order, ``jobs`` cells at a time (each
+command a process of its own; a cell starts once the cells it needs are done). Every step is resumable by the
 command's own means: ``eval`` reads vectors back from the embedding cache and refuses to overwrite a record
 (the runner skips an eval whose ``--output`` exists), ``sweep`` and ``search-demos`` skip the JSONL rows
 already written, and ``finetune`` continues from its last checkpoint (the runner adds ``--resume`` when the
@@ -501,14 +502,18 @@ def run_plan(
     methods: list[str] | None = None,
     dry_run: bool = False,
     threads: int = 1,
+    jobs: int = 1,
     execute: Callable[[list[str], int], int] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunReport:
-    """Run the cells whose record is missing, in dependency order (see the module's docstring)."""
+    """Run the cells whose record is missing, in dependency order, up to ``jobs`` cells at a time (see the
+    module's docstring)."""
     from promptlab.experiments.results import lock_output
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     execute = execute or default_execute
+    if jobs < 1:
+        raise PromptlabError(f"--jobs {jobs}: give 1 or more (cells run at the same time).")
     for name in models or ():
         if name not in [m.name for m in plan.models]:
             raise PromptlabError(
@@ -517,79 +522,128 @@ def run_plan(
     for name in methods or ():
         plan.method(name)
     report = RunReport()
-    cells = plan.cells(models, methods)
     lock = None
     if not dry_run:
         plan.results_dir.mkdir(parents=True, exist_ok=True)
         plan.work_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_output(plan.results_dir / "scaling-run")  # one runner per plan at a time
     try:
-        total = 0.0
-        for cell in cells:
-            hours = cell.hours()
-            cost = "" if hours is None else f" (~{hours:.1f} h)"
-            if cell.done():
-                report.skipped.append(cell.name)
-                log(f"done     {cell.name}: {_rel(cell.record, plan.root)}")
-                continue
-            if cell.dropped:
-                report.dropped.append(cell.name)
-                log(f"dropped  {cell.name}: {cell.dropped}")
-                continue
-            if cell.held:
-                report.held.append(cell.name)
-                log(f"held     {cell.name}: {cell.held}")
-                continue
-            missing = [n for n in cell.method.needs if not plan.find(cell.model, n).done()]
-            if dry_run:
-                total += hours or 0.0
-                after = f" after {', '.join(missing)}" if missing else ""
-                log(f"to run   {cell.name}{cost}{after}:")
-                for command in resolve(plan, cell, strict=False):
-                    log(f"    {command}")
-                continue
-            if missing:
-                report.refused.append(cell.name)
-                log(
-                    f"refused  {cell.name}: needs {', '.join(missing)} for {cell.model.name}, not done; "
-                    f"run --models {cell.model.name} --methods {','.join(missing)} first."
-                )
-                continue
-            log(f"running  {cell.name}{cost}")
-            started = time.time()
-            ok = True
-            for command in resolve(plan, cell):
-                argv = step_argv(shlex.split(command), plan.root)
-                if argv is None:
-                    log(f"    (done) {command}")
-                    continue
-                log(f"    {shlex.join(argv)}")
-                code = execute(argv, threads)
-                if code != 0:
-                    log(f"failed   {cell.name}: exit {code} from {argv[0]} {argv[1]}; rerun to resume it.")
-                    ok = False
-                    break
-            if not ok:
-                report.failed.append(cell.name)
-                continue
-            if cell.method.kind == "dev" and not cell.record.exists():
-                _write_dev_record(plan, cell, resolve(plan, cell), time.time() - started, threads)
-            if not cell.record.exists():
-                report.failed.append(cell.name)
-                log(
-                    f"failed   {cell.name}: its commands ended without writing {_rel(cell.record, plan.root)}."
-                )
-                continue
-            report.ran.append(cell.name)
-            log(
-                f"finished {cell.name} in {(time.time() - started) / 3600:.2f} h: {_rel(cell.record, plan.root)}"
-            )
-        if dry_run:
-            log(f"estimated: {total:.1f} h for the cells to run (one machine, {threads} thread(s) each)")
+        to_run = _list_cells(plan, models, methods, report, dry_run, threads, log)
+        if not dry_run:
+            _schedule(plan, to_run, report, jobs, lambda c: _run_cell(plan, c, threads, execute, log), log)
     finally:
         if lock is not None:
             lock.close()
     return report
+
+
+def _list_cells(
+    plan: Plan,
+    models: list[str] | None,
+    methods: list[str] | None,
+    report: RunReport,
+    dry_run: bool,
+    threads: int,
+    log: Callable[[str], None],
+) -> list[Cell]:
+    """Log each cell's state; the cells to run (none on a dry run, which logs their commands instead)."""
+    to_run: list[Cell] = []
+    total = 0.0
+    for cell in plan.cells(models, methods):
+        if cell.done():
+            report.skipped.append(cell.name)
+            log(f"done     {cell.name}: {_rel(cell.record, plan.root)}")
+        elif cell.dropped:
+            report.dropped.append(cell.name)
+            log(f"dropped  {cell.name}: {cell.dropped}")
+        elif cell.held:
+            report.held.append(cell.name)
+            log(f"held     {cell.name}: {cell.held}")
+        elif dry_run:
+            hours = cell.hours()
+            total += hours or 0.0
+            missing = [n for n in cell.method.needs if not plan.find(cell.model, n).done()]
+            after = f" after {', '.join(missing)}" if missing else ""
+            log(f"to run   {cell.name}{_cost(cell)}{after}:")
+            for command in resolve(plan, cell, strict=False):
+                log(f"    {command}")
+        else:
+            to_run.append(cell)
+    if dry_run:
+        log(f"estimated: {total:.1f} h for the cells to run (one machine, {threads} thread(s) each)")
+    return to_run
+
+
+def _cost(cell: Cell) -> str:
+    hours = cell.hours()
+    return "" if hours is None else f" (~{hours:.1f} h)"
+
+
+def _schedule(
+    plan: Plan,
+    cells: list[Cell],
+    report: RunReport,
+    jobs: int,
+    run_cell: Callable[[Cell], bool],
+    log: Callable[[str], None],
+) -> None:
+    """Start each cell, in plan order, once its dependencies are done and fewer than ``jobs`` cells run; a
+    cell whose dependency is neither done nor still to come in this run is refused."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending = list(cells)
+    running: dict[Any, Cell] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            coming = {c.name for c in pending} | {c.name for c in running.values()}
+            for cell in list(pending):
+                if len(running) >= jobs:
+                    break
+                needed = [plan.find(cell.model, n) for n in cell.method.needs]
+                missing = [d for d in needed if not d.done()]
+                if any(d.name in coming for d in missing):
+                    continue  # its dependency runs first, in this run
+                pending.remove(cell)
+                if missing:
+                    report.refused.append(cell.name)
+                    names = ",".join(d.method.name for d in missing)
+                    log(
+                        f"refused  {cell.name}: needs {names.replace(',', ', ')} for {cell.model.name}, not "
+                        f"done; run --models {cell.model.name} --methods {names} first."
+                    )
+                    continue
+                log(f"running  {cell.name}{_cost(cell)}")
+                running[pool.submit(run_cell, cell)] = cell
+            if not running:
+                continue  # only refusals were left to find
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                (report.ran if future.result() else report.failed).append(cell.name)
+
+
+def _run_cell(
+    plan: Plan, cell: Cell, threads: int, execute: Callable[[list[str], int], int], log: Callable[[str], None]
+) -> bool:
+    """Run one cell's commands (each resuming by its own means); True when its record was written."""
+    started = time.time()
+    for command in resolve(plan, cell):
+        argv = step_argv(shlex.split(command), plan.root)
+        if argv is None:
+            log(f"    (done) {command}")
+            continue
+        log(f"    {shlex.join(argv)}")
+        code = execute(argv, threads)
+        if code != 0:
+            log(f"failed   {cell.name}: exit {code} from {argv[0]} {argv[1]}; rerun to resume it.")
+            return False
+    if cell.method.kind == "dev" and not cell.record.exists():
+        _write_dev_record(plan, cell, resolve(plan, cell), time.time() - started, threads)
+    if not cell.record.exists():
+        log(f"failed   {cell.name}: its commands ended without writing {_rel(cell.record, plan.root)}.")
+        return False
+    log(f"finished {cell.name} in {(time.time() - started) / 3600:.2f} h: {_rel(cell.record, plan.root)}")
+    return True
 
 
 def _write_dev_record(plan: Plan, cell: Cell, commands: list[str], seconds: float, threads: int) -> None:

@@ -38,6 +38,13 @@ def make_scaling_parser(sub) -> None:
     run.add_argument(
         "--threads", type=int, default=1, help="torch threads of each command (OMP_NUM_THREADS; default 1)"
     )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells run at the same time, each a process of --threads threads, a cell starting once its "
+        "dependencies are done (default 1; e.g. --jobs 2 --threads 1 on 2 cores)",
+    )
     run.add_argument("--root", default=None, help="folder the plan's paths are relative to (default: here)")
     run.set_defaults(handler=scaling_run_command)
     report = verbs.add_parser(
@@ -72,6 +79,7 @@ def scaling_run_command(args: argparse.Namespace) -> int:
         methods=_names(args.methods),
         dry_run=args.dry_run,
         threads=args.threads,
+        jobs=args.jobs,
     )
     if args.dry_run:
         return 0
