@@ -76,6 +76,27 @@ def test_an_interrupted_encode_resumes_from_the_batches_it_finished(
     np.testing.assert_allclose(vectors, fresh, atol=1e-6)
 
 
+def _wait_for_more_cpu_seconds(pid: int, seconds: float) -> None:
+    """Wait until process ``pid`` has used ``seconds`` more CPU time than it had (a wall-clock wait would
+    measure the machine's load instead of the work done); a plain wait of ``seconds`` where /proc is missing."""
+    import os
+    import time
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        time.sleep(seconds)
+        return
+
+    def used() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    start, deadline = used(), time.monotonic() + 300
+    while used() - start < seconds and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_killed_embed_resumes_from_what_it_finished(tiny_llama_dir, tmp_path):
     """`promptlab embed` stopped by SIGTERM (a scheduler, `kill`) keeps its finished batches; a rerun
     embeds only the rest and writes the same vectors as an uninterrupted run."""
@@ -83,7 +104,6 @@ def test_a_killed_embed_resumes_from_what_it_finished(tiny_llama_dir, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     source = tmp_path / "in.txt"
     source.write_text("".join(f"Sentence number {i} about {CORPUS[i % len(CORPUS)]}\n" for i in range(1000)))
@@ -102,7 +122,7 @@ def test_a_killed_embed_resumes_from_what_it_finished(tiny_llama_dir, tmp_path):
     first = embed(str(tmp_path / "first.npy"))
     while "ready" not in (line := first.stderr.readline()):  # the model loaded: the work starts
         assert line, "the embed process ended before loading its model"
-    time.sleep(1.0)
+    _wait_for_more_cpu_seconds(first.pid, 2.0)  # some batches done, however busy the machine is
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 130, first.stderr.read()
     assert "interrupted" in first.stderr.read() and not (tmp_path / "first.npy").exists()
