@@ -606,10 +606,10 @@ def _schedule(
                 pending.remove(cell)
                 if missing:
                     report.refused.append(cell.name)
-                    names = ",".join(d.method.name for d in missing)
+                    names = [d.method.name for d in missing]
                     log(
-                        f"refused  {cell.name}: needs {names.replace(',', ', ')} for {cell.model.name}, not "
-                        f"done; run --models {cell.model.name} --methods {names} first."
+                        f"refused  {cell.name}: needs {', '.join(names)} for {cell.model.name}, not done; "
+                        f"run --models {cell.model.name} --methods {','.join(names)} first."
                     )
                     continue
                 log(f"running  {cell.name}{_cost(cell)}")
