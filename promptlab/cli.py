@@ -83,6 +83,14 @@ def make_eval_parser(sub) -> None:
     )
     p.add_argument("--output", default=None, help="write a JSON record (configuration + scores) here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--task-log",
+        default=None,
+        metavar="FILE",
+        help="encode task by task and append each finished task's score to FILE (JSONL); a rerun of the same "
+        "configuration skips the tasks there. For an eval longer than one sitting of a machine whose "
+        "embedding cache does not survive: keep FILE (commit it) and rerun the same command",
+    )
     p.set_defaults(handler=eval_command)
 
 
@@ -96,11 +104,28 @@ def eval_command(args: argparse.Namespace) -> int:
     )  # None: all with the split
     # Everything that needs no model is checked first: task names, the data folder, its files and rows.
     suite = load_suite(tasks, data_dir=args.data_dir, split=args.split, source=args.source)
+    if args.task_log and not Path(args.task_log).parent.is_dir():
+        raise PromptlabError(
+            f"folder {Path(args.task_log).parent} does not exist; create it or choose another --task-log."
+        )
     print(suite.describe(), file=sys.stderr)
     embedder = _build_and_report(args)
     started = time.time()
-    result = evaluate(lambda s: embedder.encode(s, show_progress_bar=None), suite)
-    stats = embedder.last_stats
+    calls: list[dict] = []  # each encode call's stats: one call, or one per task with --task-log
+
+    def encode(sentences: list[str]):
+        vectors = embedder.encode(sentences, show_progress_bar=None)
+        calls.append(dict(embedder.last_stats))
+        return vectors
+
+    if args.task_log:
+        from promptlab.experiments.results import open_task_log
+
+        with open_task_log(args.task_log, embedder) as task_log:
+            result = evaluate(encode, suite, task_log=task_log, progress=True)
+    else:
+        result = evaluate(encode, suite)
+    stats = _summed_stats(calls)
     template = embedder.template
     shown = template.name + (f" ({template.pooling})" if template.kind == "prefix" else "")
     described = embedder.describe()
@@ -173,6 +198,26 @@ def _build_and_report(args: argparse.Namespace):
         file=sys.stderr,
     )
     return embedder
+
+
+def _summed_stats(calls: list[dict]) -> dict:
+    """The stats of several encode calls as one (the counts and seconds summed, the rate recomputed)."""
+    if len(calls) == 1:
+        return calls[0]
+    summed = {
+        key: sum(c.get(key, 0) for c in calls)
+        for key in (
+            "sentences",
+            "unique_sentences",
+            "tokens",
+            "truncated",
+            "embedded",
+            "from_cache",
+            "seconds",
+        )
+    }
+    done, seconds = summed["embedded"], summed["seconds"]
+    return {**summed, "sentences_per_second": done / seconds if done and seconds > 0 else None}
 
 
 def _rate_cell(stats: dict) -> str:

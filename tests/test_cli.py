@@ -247,6 +247,31 @@ def test_eval_reports_cached_sentences_apart_from_the_rate(tiny_llama_dir, tmp_p
     assert "embedded" not in second.err
 
 
+def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_dir, tmp_path, capsys):
+    fake = str(write_fake_senteval(tmp_path / "senteval"))
+    log = tmp_path / "tasks.jsonl"
+    base = ["eval", "--model", str(tiny_llama_dir), "--data-dir", fake, "--no-cache", "--task-log", str(log)]
+    assert main([*base, "--tasks", "STS12,STS13"]) == 0  # an earlier sitting finished two tasks
+    capsys.readouterr()
+    output = tmp_path / "run.json"
+    assert main([*base, "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("kept from the task log") == 2 and "STS12" in err.split("kept from the task log")[0]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    record = json.loads(output.read_text())
+    assert [r["key"]["task"] for r in rows] == list(record["scores"]) and len(rows) == 7
+    assert record["scores"] == {r["key"]["task"]: r["result"]["score"] for r in rows}
+    assert record["throughput"]["embedded"] == sum(r["n_sentences"] for r in rows[2:])
+    # The log belongs to one configuration: another layer is refused (once the model has said what it
+    # computes) in one line that names the difference, and the log is left as it was.
+    assert main([*base, "--layer", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("promptlab: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "different configuration" in errors[0] and "layer: -1 there, 1 now" in errors[0]
+    assert len(log.read_text().splitlines()) == 7
+
+
 def test_output_that_cannot_be_written_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys):
     import os
     import subprocess

@@ -364,6 +364,57 @@ def test_evaluate_encodes_unique_sentences_once(fake_dir):
     assert result.n_pairs == sum(r[2] is not None for r in rows) == 24 * 5 + 2 * 5
 
 
+def seeded_vectors(sentences: list[str]) -> np.ndarray:
+    """A fixed random vector per sentence (seeded by its crc32): the same whatever the batch."""
+    return np.stack([np.random.default_rng(zlib.crc32(s.encode())).standard_normal(16) for s in sentences])
+
+
+def test_a_task_log_resumes_task_by_task_with_the_scores_of_one_call(fake_dir, tmp_path):
+    from promptlab.experiments.results import ResultsFile
+
+    whole = evaluate(seeded_vectors, data_dir=fake_dir)
+    assert all(math.isfinite(score) for score in whole.scores.values())
+    log_path = tmp_path / "tasks.jsonl"
+    calls: list[list[str]] = []
+
+    def dies_on_the_third_task(sentences):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the machine goes away in the middle of a task
+        calls.append(sentences)
+        return seeded_vectors(sentences)
+
+    with pytest.raises(KeyboardInterrupt), ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+        evaluate(dies_on_the_third_task, data_dir=fake_dir, task_log=log)
+    assert [json.loads(line)["key"]["task"] for line in log_path.read_text().splitlines()] == list(TASKS[:2])
+
+    def counted(sentences):
+        calls.append(sentences)
+        return seeded_vectors(sentences)
+
+    calls.clear()
+    with ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+        resumed = evaluate(counted, data_dir=fake_dir, task_log=log)
+    assert len(calls) == len(TASKS) - 2  # the two logged tasks are read back, not encoded
+    assert list(resumed.scores) == list(whole.scores) == list(TASKS)
+    assert resumed.scores == pytest.approx(whole.scores, abs=1e-9)
+    assert resumed.average == pytest.approx(whole.average, abs=1e-9)
+    assert (resumed.data_fingerprint, resumed.n_pairs, resumed.n_sentences, resumed.partial) == (
+        whole.data_fingerprint,
+        whole.n_pairs,
+        whole.n_sentences,
+        False,
+    )
+    # Every task logged: nothing to encode, and the same record again.
+    calls.clear()
+    with ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+        again = evaluate(counted, data_dir=fake_dir, task_log=log)
+    assert calls == [] and again.to_dict()["details"] == resumed.to_dict()["details"]
+    assert math.isnan(again.sentences_per_second)
+    # A log kept for another configuration is refused, naming what differs.
+    with pytest.raises(PromptlabError, match="encoder: 'bow' there, 'other' now"):
+        ResultsFile(log_path, "eval-task", {"encoder": "other"})
+
+
 def test_perfect_encoder_scores_100(fake_dir):
     encode, _, _ = angle_encoder()
     result = evaluate(encode, data_dir=fake_dir)

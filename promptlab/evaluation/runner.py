@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from promptlab.errors import PromptlabError
 from promptlab.evaluation.catalog import CATALOG, load_tasks
 from promptlab.evaluation.data import ENV_VAR, fingerprint, resolve_data_dir
-from promptlab.evaluation.protocol import Task, Vectors
+from promptlab.evaluation.protocol import Task, TaskResult, Vectors, result_from_dict
 from promptlab.evaluation.results import EvalResult
 from promptlab.evaluation.tasks import SPECS, TASKS
 
 Encode = Callable[[list[str]], np.ndarray]
 EncodeLayers = Callable[[list[str], list[int]], dict[int, np.ndarray]]
+
+
+class TaskLog(Protocol):
+    """Where `evaluate` keeps each finished task, to skip it on a rerun: rows looked up and appended by key.
+
+    `promptlab.experiments.results.ResultsFile` is one (durable, locked, refusing another configuration's
+    file); the log must belong to one embedder configuration, which `evaluate` cannot see.
+    """
+
+    def done(self, key: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def append(self, key: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ def evaluate(
     split: str = "test",
     source: str = "senteval",
     progress: bool = False,
+    task_log: TaskLog | None = None,
 ) -> EvalResult:
     """Score `encode` on tasks of any type: STS with SentEval's conventions, and those of the catalog.
 
@@ -106,10 +121,18 @@ def evaluate(
 
     `tasks` is a list of names (None: every STS task that has `split`, see `load_suite`) or a `Suite` that
     `load_suite` already loaded (then `data_dir`, `split` and `source` come from it).
+
+    With a `task_log`, `encode` is called once per task instead, and each finished task's result is
+    appended to the log at once; tasks the log already holds (same name, same data) are read back, not
+    encoded. An evaluation longer than one sitting of the machine then resumes task by task even where the
+    embedding cache did not survive. The scores are those of the one-call evaluation (each task's vectors
+    are the same; only the batches they were computed in differ).
     """
     suite = _suite(tasks, data_dir, split, source)
     if progress:
         print(suite.describe(), file=sys.stderr)
+    if task_log is not None:
+        return _evaluate_task_by_task(encode, suite, task_log, progress)
     start = time.perf_counter()
     vecs = _check_vectors(encode(list(suite.sentences)), len(suite.sentences))
     seconds = time.perf_counter() - start
@@ -117,6 +140,36 @@ def evaluate(
         rate = len(suite.sentences) / max(seconds, 1e-9)
         print(f"encoded in {seconds:.1f} s ({rate:.1f} sentences/s)", file=sys.stderr)
     return score_suite(suite, vecs, seconds)
+
+
+def _evaluate_task_by_task(encode: Encode, suite: Suite, task_log: TaskLog, progress: bool) -> EvalResult:
+    details: dict[str, TaskResult] = {}
+    seconds, encoded = 0.0, 0
+    for task in suite.tasks:
+        key = {"task": task.name, "split": suite.split, "data": fingerprint(task.digests)}
+        row = task_log.done(key)
+        if row is not None:
+            details[task.name] = result_from_dict(task.name, row["result"])
+            if progress:
+                print(f"{task.name}: {details[task.name].score:.2f}, kept from the task log", file=sys.stderr)
+            continue
+        sentences = list(dict.fromkeys(task.sentences()))
+        start = time.perf_counter()
+        vecs = _check_vectors(encode(sentences), len(sentences))
+        took = time.perf_counter() - start
+        details[task.name] = task.score(Vectors({s: i for i, s in enumerate(sentences)}, vecs))
+        task_log.append(
+            key,
+            {"result": details[task.name].to_dict(), "n_sentences": len(sentences), "encode_seconds": took},
+        )
+        seconds, encoded = seconds + took, encoded + len(sentences)
+        if progress:
+            print(
+                f"{task.name}: {details[task.name].score:.2f} ({len(sentences)} sentences in {took:.1f} s)",
+                file=sys.stderr,
+            )
+    # Throughput of what this call encoded; a run that only read the log reports none.
+    return _result(suite, details, seconds if encoded else float("nan"), encoded)
 
 
 def evaluate_layers(
@@ -145,23 +198,31 @@ def evaluate_layers(
 def score_suite(suite: Suite, vecs: np.ndarray, seconds: float = float("nan")) -> EvalResult:
     """Score every task of `suite` on `vecs` (row i = the vector of the i-th sentence of `suite.sentences`)."""
     vectors = Vectors(suite.sentences, vecs)
-    scores = {task.name: task.score(vectors) for task in suite.tasks}
-    values = [t.score for t in scores.values()]
+    details = {task.name: task.score(vectors) for task in suite.tasks}
+    return _result(suite, details, seconds, len(suite.sentences))
+
+
+def _result(suite: Suite, details: dict[str, TaskResult], seconds: float, encoded: int) -> EvalResult:
     digests = {k: v for task in suite.tasks for k, v in task.digests.items()}
-    n = len(suite.sentences)
     return EvalResult(
-        details=scores,
-        average=float(np.mean(values)),
+        details=details,
+        average=float(np.mean([t.score for t in details.values()])),
         partial=set(suite.names) != set(TASKS),
         split=suite.split,
         source=suite.source,
         data_dir=suite.data_dir,
         data_fingerprint=fingerprint(digests),
         n_pairs=suite.n_pairs,
-        n_sentences=n,
+        n_sentences=len(suite.sentences),
         encode_seconds=seconds,
-        sentences_per_second=n / seconds if seconds > 0 else float("inf"),
+        sentences_per_second=_rate(encoded, seconds),
     )
+
+
+def _rate(sentences: int, seconds: float) -> float:
+    if math.isnan(seconds):  # nothing was encoded (every task read back from a task log)
+        return float("nan")
+    return sentences / seconds if seconds > 0 else float("inf")
 
 
 def _check_vectors(vecs, n: int) -> np.ndarray:

@@ -202,3 +202,21 @@ def _json_default(value):
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     return str(value)
+
+
+# Where a model lies is not what it computes: a task log moves with the configuration, not the path.
+_LOCATION_FIELDS = ("model_path", "model_spec", "model_source")
+
+
+def open_task_log(path: str | Path, embedder) -> ResultsFile:
+    """A task log for `evaluate(..., task_log=...)` of `embedder`: one row per finished task, locked.
+
+    Its fixed settings are the embedder's whole configuration (`describe()`, without where the model lies)
+    and the token ids of a probe prompt (so demonstrations and tokenizer changes count), so a log written
+    by another model, template, layer, dtype or demonstration is refused, naming what differs.
+    """
+    from promptlab.cache import PROBE_SENTENCE
+
+    config = {k: v for k, v in embedder.describe().items() if k not in _LOCATION_FIELDS}
+    probe = list(embedder.prompts.encode(PROBE_SENTENCE).ids)
+    return ResultsFile(path, "eval-task", {**config, "probe_prompt_ids": probe})

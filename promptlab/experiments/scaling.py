@@ -26,15 +26,16 @@ A plan is a TOML file (``experiments/scaling/plan.toml``)::
     prompteol-last = "experiments/baselines/smollm2-prompteol-bf16.json"
     metaeol = { path = "experiments/results/testsuite-smollm2.jsonl", template = "metaeol", layer = 28 }
 
-Placeholders in commands: ``{model} {dtype} {record} {output} {work} {args}`` (``args``: the model's
-``args.METHOD`` string), ``{NAME.FIELD}`` (a field of the key of the best-scoring row of the ``select.NAME``
+Placeholders in commands: ``{model} {method} {dtype} {record} {output} {work} {args}`` (``args``: the
+model's ``args.METHOD`` string), ``{NAME.FIELD}`` (a field of the key of the best-scoring row of the ``select.NAME``
 cell's output that matches ``where``, e.g. the sweep's best template and layer) and ``{output.METHOD}``
 (another cell's output file). ``best-of:{output}`` is the demonstration search's own mechanism.
 
 `run_plan` runs the cells whose record is missing, in dependency order, ``jobs`` cells at a time (each
 command a process of its own; a cell starts once the cells it needs are done). Every step is resumable by the
-command's own means: ``eval`` reads vectors back from the embedding cache and refuses to overwrite a record
-(the runner skips an eval whose ``--output`` exists), ``sweep`` and ``search-demos`` skip the JSONL rows
+command's own means: ``eval`` reads vectors back from the embedding cache (and, given ``--task-log``, the
+tasks it finished in an earlier sitting) and refuses to overwrite a record (the runner skips an eval whose
+``--output`` exists), ``sweep`` and ``search-demos`` skip the JSONL rows
 already written, and ``finetune`` continues from its last checkpoint (the runner adds ``--resume`` when the
 run folder holds one, and skips a run whose log has ended). A cell whose dependency is not done is refused
 with one line; a finished record is never overwritten.
@@ -62,7 +63,7 @@ TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelat
 _PLAN_KEYS = {"name", "description", "results_dir", "work_dir", "models", "methods", "existing"}
 _MODEL_KEYS = {"label", "dtype", "eval_hours", "train_hours", "params", "drop", "hold", "args", "costs"}
 _METHOD_KEYS = {"label", "kind", "needs", "select", "output", "commands", "cost", "train", "note"}
-_FIXED_PLACEHOLDERS = {"model", "dtype", "record", "output", "work", "args"}
+_FIXED_PLACEHOLDERS = {"model", "method", "dtype", "record", "output", "work", "args"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 
 
@@ -411,6 +412,7 @@ def resolve(plan: Plan, cell: Cell, *, strict: bool = True) -> list[str]:
     unfinished dependency stays as ``<NAME.FIELD after METHOD>``."""
     values = {
         "model": cell.model.name,
+        "method": cell.method.name,
         "dtype": cell.model.dtype,
         "record": _rel(cell.record, plan.root),
         "output": _rel(cell.output, plan.root) if cell.output else "",
