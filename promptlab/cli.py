@@ -96,9 +96,10 @@ def make_eval_parser(sub) -> None:
 
 def eval_command(args: argparse.Namespace) -> int:
     from promptlab.evaluation import evaluate, format_table, load_suite
-    from promptlab.version import __version__
+    from promptlab.version import __version__, source_commit
 
     output = _check_output(args.output, args.overwrite)
+    commit = source_commit()  # now: the code may be committed while a long eval runs
     tasks = (
         tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
     )  # None: all with the split
@@ -138,6 +139,7 @@ def eval_command(args: argparse.Namespace) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "command": sys.argv,
             "promptlab": __version__,
+            "commit": commit,
             "config": {
                 **embedder.describe(),
                 "batch_size": embedder.batch_size,

@@ -247,6 +247,19 @@ def test_eval_reports_cached_sentences_apart_from_the_rate(tiny_llama_dir, tmp_p
     assert "embedded" not in second.err
 
 
+def _checkout_commit() -> str | None:
+    """The commit of the checkout the tests run from, "+changes" when promptlab/ differs from it."""
+    import subprocess
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "promptlab"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True)
+    if head.returncode != 0:
+        return None  # not a git checkout
+    diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=package)
+    return head.stdout.strip() + ("" if diff.returncode == 0 else "+changes")
+
+
 def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_dir, tmp_path, capsys):
     fake = str(write_fake_senteval(tmp_path / "senteval"))
     log = tmp_path / "tasks.jsonl"
@@ -262,6 +275,7 @@ def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_di
     assert [r["key"]["task"] for r in rows] == list(record["scores"]) and len(rows) == 7
     assert record["scores"] == {r["key"]["task"]: r["result"]["score"] for r in rows}
     assert record["throughput"]["embedded"] == sum(r["n_sentences"] for r in rows[2:])
+    assert record["commit"] == _checkout_commit()
     # The log belongs to one configuration: another layer is refused (once the model has said what it
     # computes) in one line that names the difference, and the log is left as it was.
     assert main([*base, "--layer", "1"]) == 2
