@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-# Fields of `describe()` that name where a model lies, not what it computes: excluded from the key.
-_NOT_IN_KEY = ("model_path", "model_spec", "model_source", "layer", "layer_index")
+# Fields of `describe()` that name where a model lies, not what it computes.
+LOCATION_FIELDS = ("model_path", "model_spec", "model_source")
+# Excluded from the key: the location, and the layer (each layer has its own folder in the namespace).
+_NOT_IN_KEY = (*LOCATION_FIELDS, "layer", "layer_index")
 _warned: set[tuple[str, str]] = set()
 # Rendered and tokenized into the key: demonstrations, tokenizer and input rules change its ids.
 PROBE_SENTENCE = "A probe sentence, with punctuation"
@@ -79,7 +81,7 @@ class EmbeddingCache:
 
     def key_for(self, embedder) -> str | None:
         """The namespace of an `Embedder`'s configuration; None (no caching) when its weights have no hash."""
-        config = embedder.describe()
+        config = computes(embedder)
         if not config.get("model_file_sha256"):
             _warn_once(
                 self.root,
@@ -88,8 +90,7 @@ class EmbeddingCache:
                 "in-memory model), so its vectors are not cached; pass a local model dir or a packaged name.",
             )
             return None
-        probe = embedder.prompts.encode(PROBE_SENTENCE).ids
-        return self.namespace({**config, "probe_prompt_ids": probe})
+        return self.namespace(config)
 
     # -- reading ---------------------------------------------------------------------------------------
     def _read_shard(self, path: Path, dim: int) -> dict[bytes, np.ndarray] | None:
@@ -192,6 +193,13 @@ class EmbeddingCache:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def computes(embedder) -> dict[str, Any]:
+    """What shapes `embedder`'s vectors: its `describe()` record without where the model lies, and the
+    token ids of a probe prompt (demonstrations, the tokenizer and input rules change them)."""
+    config = {k: v for k, v in embedder.describe().items() if k not in LOCATION_FIELDS}
+    return {**config, "probe_prompt_ids": list(embedder.prompts.encode(PROBE_SENTENCE).ids)}
 
 
 def default_cache_dir() -> Path:

@@ -383,7 +383,7 @@ def test_a_task_log_resumes_task_by_task_with_the_scores_of_one_call(fake_dir, t
         calls.append(sentences)
         return seeded_vectors(sentences)
 
-    with pytest.raises(KeyboardInterrupt), ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+    with pytest.raises(KeyboardInterrupt), ResultsFile(log_path, "eval-task", {"encoder": "seeded"}) as log:
         evaluate(dies_on_the_third_task, data_dir=fake_dir, task_log=log)
     assert [json.loads(line)["key"]["task"] for line in log_path.read_text().splitlines()] == list(TASKS[:2])
 
@@ -392,7 +392,7 @@ def test_a_task_log_resumes_task_by_task_with_the_scores_of_one_call(fake_dir, t
         return seeded_vectors(sentences)
 
     calls.clear()
-    with ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+    with ResultsFile(log_path, "eval-task", {"encoder": "seeded"}) as log:
         resumed = evaluate(counted, data_dir=fake_dir, task_log=log)
     assert len(calls) == len(TASKS) - 2  # the two logged tasks are read back, not encoded
     assert list(resumed.scores) == list(whole.scores) == list(TASKS)
@@ -406,12 +406,12 @@ def test_a_task_log_resumes_task_by_task_with_the_scores_of_one_call(fake_dir, t
     )
     # Every task logged: nothing to encode, and the same record again.
     calls.clear()
-    with ResultsFile(log_path, "eval-task", {"encoder": "bow"}) as log:
+    with ResultsFile(log_path, "eval-task", {"encoder": "seeded"}) as log:
         again = evaluate(counted, data_dir=fake_dir, task_log=log)
     assert calls == [] and again.to_dict()["details"] == resumed.to_dict()["details"]
     assert math.isnan(again.sentences_per_second)
     # A log kept for another configuration is refused, naming what differs.
-    with pytest.raises(PromptlabError, match="encoder: 'bow' there, 'other' now"):
+    with pytest.raises(PromptlabError, match="encoder: 'seeded' there, 'other' now"):
         ResultsFile(log_path, "eval-task", {"encoder": "other"})
 
 

@@ -204,19 +204,13 @@ def _json_default(value):
     return str(value)
 
 
-# Where a model lies is not what it computes: a task log moves with the configuration, not the path.
-_LOCATION_FIELDS = ("model_path", "model_spec", "model_source")
-
-
 def open_task_log(path: str | Path, embedder) -> ResultsFile:
     """A task log for `evaluate(..., task_log=...)` of `embedder`: one row per finished task, locked.
 
-    Its fixed settings are the embedder's whole configuration (`describe()`, without where the model lies)
-    and the token ids of a probe prompt (so demonstrations and tokenizer changes count), so a log written
-    by another model, template, layer, dtype or demonstration is refused, naming what differs.
+    Its fixed settings are what the embedder computes (`promptlab.cache.computes`: its whole configuration
+    without where the model lies, and a probe prompt's token ids), so a log written by another model,
+    template, layer, dtype or demonstration is refused, naming what differs.
     """
-    from promptlab.cache import PROBE_SENTENCE
+    from promptlab.cache import computes
 
-    config = {k: v for k, v in embedder.describe().items() if k not in _LOCATION_FIELDS}
-    probe = list(embedder.prompts.encode(PROBE_SENTENCE).ids)
-    return ResultsFile(path, "eval-task", {**config, "probe_prompt_ids": probe})
+    return ResultsFile(path, "eval-task", computes(embedder))
