@@ -255,6 +255,7 @@ def test_sweep_batch_settings_reach_the_embedder(data_dir):
 
 @pytest.mark.parametrize("flags, resolved", [(set(), "float32"), ({"amx_bf16"}, "bfloat16")])
 def test_sweep_dtype_auto_runs_the_resolved_dtype_once(data_dir, monkeypatch, flags, resolved):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # auto reads the CPU's flags on a CPU
     monkeypatch.setattr("promptlab.backends.device._cpu_flags", lambda: flags)
     cfg = config(data_dir, [{"templates": ["prompteol"], "layers": [-1]}], dtypes=["auto", resolved])
     jobs = plan(cfg, layer_count=lambda m: 3)
@@ -360,6 +361,7 @@ def test_search_dtype_auto_records_and_resumes_the_resolved_dtype(
     tiny_llama, tiny_llama_dir, data_dir, tmp_path, monkeypatch
 ):
     out, model = tmp_path / "search.jsonl", str(tiny_llama_dir)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # auto reads the CPU's flags on a CPU
     messages = []
     search = {"benchmark": Benchmark(data_dir=data_dir), "log": messages.append}
     run_search(model, POOL[:1], out, dtype="float32", **search)
@@ -576,14 +578,12 @@ def test_two_processes_sweeping_into_one_output_do_the_work_once(
 def test_a_search_into_an_output_in_use_is_refused_before_any_work(tiny_llama, data_dir, tmp_path):
     out = tmp_path / "search.jsonl"
     counting = Counting(tiny_llama)
+    search = dict(dtype="float32", backend=counting.backend, benchmark=Benchmark(data_dir=data_dir))
     with ResultsFile(out, "demo-search", {}):  # another run holds the output
         with pytest.raises(PromptlabError, match="search.jsonl is being written by another run"):
-            run_search("tiny", POOL, out, dtype="float32", backend=counting.backend, log=lambda m: None)
+            run_search("tiny", POOL, out, **search, log=lambda m: None)
     assert counting.forwards == 0
-    rows = run_search(
-        "tiny", POOL, out, dtype="float32", backend=counting.backend, benchmark=Benchmark(data_dir=data_dir),
-        log=lambda m: None,
-    )  # fmt: skip
+    rows = run_search("tiny", POOL, out, **search, log=lambda m: None)
     assert len(rows) == 4 == len(read_rows(out))
 
 

@@ -468,7 +468,8 @@ def test_only_adapter_weights_change_and_loss_falls(tmp_path, senteval, tiny_lla
     assert end_loss < 0.5 * start_loss, (start_loss, end_loss)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, tiny_llama):
+@pytest.mark.parametrize("layout", ["current", "format 2"])
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, tiny_llama, layout):
     def run(folder: str, *, stop_at: int | None = None, resume: bool = False):
         cfg = config(
             tmp_path, senteval, output_dir=str(tmp_path / folder), steps=7, save_every=2, lora_dropout=0.2
@@ -487,8 +488,11 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, ti
 
     whole = run("whole")
     run("parts", stop_at=5)  # interrupted after step 5; the last checkpoint is step 4
-    state = torch.load(tmp_path / "parts" / "checkpoint-last" / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 4
+    path = tmp_path / "parts" / "checkpoint-last" / "trainer_state.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 4 and state["format"] == 3
+    if layout == "format 2":  # the layout without GPU RNG states still resumes
+        torch.save({k: v for k, v in state.items() if k != "cuda_rng"} | {"format": 2}, path)
     resumed = run("parts", resume=True)
     assert resumed.step == whole.step == 7
     mine = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
@@ -548,6 +552,7 @@ OTHER_STATES = {
         {k: v for k, v in state.items() if k != "format"} | {"numpy_rng": np.random.get_state()}, path
     ),
     "truncated": lambda path, state: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "format 2 with format 3's keys": lambda path, state: torch.save(state | {"format": 2}, path),
 }
 
 
@@ -557,7 +562,7 @@ def test_resume_refuses_a_checkpoint_of_another_format(tmp_path, senteval, tiny_
     Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
     path = tmp_path / "run" / "checkpoint-last" / "trainer_state.pt"
     state = torch.load(path, weights_only=True)
-    assert state["format"] == 2
+    assert state["format"] == 3
     OTHER_STATES[other](path, state)
     with pytest.raises(PromptlabError, match="not a trainer state this promptlab version reads"):
         Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(

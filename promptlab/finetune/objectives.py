@@ -91,8 +91,8 @@ def info_nce(
     its positive, another positive of the same anchor); the target column is never masked.
     """
     logits = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature  # [B, C]
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
+    if exclude is not None:  # built on the CPU from the batch's texts
+        logits = logits.masked_fill(exclude.to(logits.device), float("-inf"))
     return F.cross_entropy(logits, torch.arange(anchors.shape[0], device=logits.device))
 
 

@@ -44,7 +44,7 @@ from promptlab.finetune.lora import adapter_weights, add_lora, blocks_below, sav
 from promptlab.finetune.objectives import Objective
 
 STATE = "trainer_state.pt"
-STATE_FORMAT = 2  # trainer_state.pt layout: tensors and plain data only
+STATE_FORMAT = 3  # trainer_state.pt layout: tensors and plain data only
 
 
 @dataclass
@@ -88,8 +88,24 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state({**state, "state": {**state["state"], "key": key}})
 
 
+def _cuda_rng_states() -> list[torch.Tensor]:
+    """Every GPU's RNG state (dropout on a GPU draws from it, not from the CPU's); [] where none is in use."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return []
+    return torch.cuda.get_rng_state_all()
+
+
+def _set_cuda_rng_states(states: list[torch.Tensor]) -> None:
+    if states and torch.cuda.is_available():
+        count = min(len(states), torch.cuda.device_count())  # a machine with fewer GPUs resumes those it has
+        for index in range(count):
+            torch.cuda.set_rng_state(states[index], index)
+
+
 _STATE_KEYS = {"format", "step", "adapter", "optimizer", "scheduler", "torch_rng", "python_rng",
-               "numpy_rng", "best_dev", "best_step", "history", "loss_window"}  # fmt: skip
+               "numpy_rng", "best_dev", "best_step", "history", "loss_window", "cuda_rng"}  # fmt: skip
+# Format 2 has no GPU RNG states: it still resumes, exactly so for a run on a CPU.
+_STATE_KEYS_BY_FORMAT = {3: _STATE_KEYS, 2: _STATE_KEYS - {"cuda_rng"}}
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -103,9 +119,9 @@ def _read_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # refused objects (pickle.UnpicklingError), a damaged zip, a truncated file
         raise PromptlabError(refuse) from err
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or set(state) != _STATE_KEYS:
+    if not isinstance(state, dict) or set(state) != _STATE_KEYS_BY_FORMAT.get(state.get("format")):
         raise PromptlabError(refuse)
-    return state
+    return {"cuda_rng": [], **state}
 
 
 def _append(path: Path, record: dict) -> None:
@@ -292,6 +308,7 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),  # (version, tuple of ints, float | None)
                 "numpy_rng": _numpy_rng_state(),
+                "cuda_rng": _cuda_rng_states(),
                 "best_dev": self.best_dev,
                 "best_step": self.best_step,
                 "history": self.history,
@@ -324,6 +341,7 @@ class Trainer:
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         _set_numpy_rng_state(state["numpy_rng"])
+        _set_cuda_rng_states(state["cuda_rng"])
         self.step = state["step"]
         self.best_dev, self.best_step = state["best_dev"], state["best_step"]
         self.history, self.loss_window = state["history"], state["loss_window"]
