@@ -400,6 +400,59 @@ def test_search_on_a_seeded_dev_subset(tiny_llama, data_dir, tmp_path):
     )
 
 
+def test_a_screened_search_keeps_the_screens_best_and_scores_them_as_a_full_search(
+    tiny_llama, data_dir, tmp_path
+):
+    from promptlab.evaluation import sts_dev
+    from promptlab.experiments.search import Screen, screen_path
+
+    pairs = sts_dev(data_dir, n_pairs=8, seed=0)
+    screen_pairs = list(zip(pairs.sentences1, pairs.sentences2, pairs.scores, strict=True))
+    # Independent: each candidate's Spearman on the 8 screening pairs; the best goes on (pool order breaks ties).
+    screen_scores = {d.id: expected_score(tiny_llama, "prompteol", -1, d, pairs=screen_pairs) for d in POOL}
+    best = max(POOL, key=lambda d: (screen_scores[d.id], -POOL.index(d))).id
+    out, counting = tmp_path / "search.jsonl", Counting(tiny_llama)
+    search = dict(dtype="float32", benchmark=Benchmark(data_dir=data_dir), log=lambda m: None)
+    rows = run_search("tiny", POOL, out, backend=counting.backend, screen=Screen(8, 1), **search)
+
+    screened = {r["key"]["demonstration"]: r for r in read_rows(screen_path(out))}
+    assert screen_path(out) == tmp_path / "search.screen.jsonl"
+    assert set(screened) == {"none", *screen_scores} and screened["none"]["data"]["n_pairs"] == 8
+    for demo_id, score in screen_scores.items():
+        assert screened[demo_id]["score"] == pytest.approx(score, abs=1e-3)
+    assert [r["key"]["demonstration"] for r in rows] and {r["key"]["demonstration"] for r in rows} == {
+        "none",
+        best,
+    }
+    full = run_search("tiny", POOL, tmp_path / "full.jsonl", backend=backend_for(tiny_llama), **search)
+    full_by_id = {r["key"]["demonstration"]: r for r in full}
+    for row in rows:  # the rows a full search writes for the same candidates
+        assert row["score"] == pytest.approx(full_by_id[row["key"]["demonstration"]]["score"], abs=1e-6)
+        assert row["fixed"] == full_by_id[row["key"]["demonstration"]]["fixed"]
+
+    calls = len(counting.heads)
+    again = run_search("tiny", POOL, out, backend=counting.backend, screen=Screen(8, 1), **search)
+    assert len(counting.heads) == calls and [r["key"] for r in again] == [r["key"] for r in rows]  # resumed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--screen", "50"], "--screen '50': give PAIRS:KEEP, e.g. 50:16"),
+        (["--screen", "8:0"], "--screen '8:0': give PAIRS:KEEP"),
+        (["--screen", "8:1", "--dev-pairs", "8"], "screens on as many pairs as the search scores on (8)"),
+        (["--screen", "8:1", "--select-on", "SICK-R"], "drop --screen to select on SICKRelatedness (dev)"),
+    ],
+)
+def test_search_demos_screen_refusals(tiny_llama_dir, data_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "search.jsonl"
+    common = ["search-demos", "--model", str(tiny_llama_dir), "--dtype", "float32", "--data-dir", data_dir]
+    assert main([*common, "--pool", "definitions", "--output", str(out), *argv]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err, err
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- report and CLI
 
 

@@ -105,6 +105,13 @@ def make_search_parser(sub) -> None:
         "--dev-pairs", type=int, default=None, help="a seeded subset of STS-B dev (default: all 1500)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the --dev-pairs subset")
+    p.add_argument(
+        "--screen",
+        default=None,
+        metavar="PAIRS:KEEP",
+        help="two rounds: every candidate on PAIRS STS-B dev pairs (into OUTPUT's .screen.jsonl), then the KEEP "
+        "best on --dev-pairs; e.g. 50:16 scores 143 candidates in about a third of the forwards",
+    )
     p.add_argument("--top", type=int, default=10, help="print the k best")
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")
     add_batch_args(p)
@@ -159,8 +166,9 @@ def _saved_embedder_for_search(args: argparse.Namespace):
 def search_command(args: argparse.Namespace) -> int:
     from promptlab.demonstrations import load_pool
     from promptlab.experiments.scoring import Benchmark
-    from promptlab.experiments.search import format_top, run_search
+    from promptlab.experiments.search import Screen, format_top, run_search
 
+    screen = Screen.parse(args.screen) if args.screen else None  # before any work
     pool, excluded = load_pool(args.pool)
     if excluded:
         _log(
@@ -192,6 +200,7 @@ def search_command(args: argparse.Namespace) -> int:
         pool_name=args.pool,
         log=_log,
         workers=ray_workers(args),
+        screen=screen,
     )
     print(format_top(rows, args.top))
     _log(

@@ -5,6 +5,11 @@ PromptEOL (Jiang et al., 2023) picks, per model, the single demonstration that s
 (`Embedder(backend, template, demonstration=...)` on the shared backend), appending one fsynced row as
 each finishes; rerunning the same search skips finished candidates. `promptlab.demonstrations.best_demonstration`
 reads a results file back, for ``--demonstration best-of:RESULTS.jsonl``.
+
+A `Screen` makes it a two-round search (successive halving, Jamieson & Talwalkar, 2016, in one step): every
+candidate is first scored on a small seeded subset of STS-B dev, into its own file beside the output, and
+only the best few are scored on the search's benchmark. The output then holds exactly the rows a full
+search would write for those candidates, so ``best-of:`` reads it unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +31,36 @@ KIND = SEARCH_KIND
 BASELINE = "none"
 
 
+@dataclass(frozen=True)
+class Screen:
+    """The first round of a two-round search: every candidate on ``pairs`` STS-B dev pairs, the ``keep``
+    best of them on to the search's own benchmark."""
+
+    pairs: int
+    keep: int
+
+    @classmethod
+    def parse(cls, text: str) -> Screen:
+        """``PAIRS:KEEP``, e.g. ``50:16``."""
+        pairs, _, keep = text.partition(":")
+        try:
+            screen = cls(int(pairs), int(keep))
+        except ValueError:
+            screen = None
+        if screen is None or screen.pairs < 2 or screen.keep < 1:
+            raise PromptlabError(
+                f"--screen {text!r}: give PAIRS:KEEP, e.g. 50:16 (score every candidate on 50 STS-B dev pairs, "
+                "then the 16 best on the search's pairs)."
+            )
+        return screen
+
+
+def screen_path(output: str | Path) -> Path:
+    """Where a search's screening round writes: ``search.jsonl`` -> ``search.screen.jsonl`` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.screen{output.suffix or '.jsonl'}")
+
+
 def run_search(
     model: str,
     pool: list[Demonstration],
@@ -44,8 +79,12 @@ def run_search(
     log: Callable[[str], None] | None = None,
     workers: Workers | None = None,
     adapter: str | None = None,
+    screen: Screen | None = None,
 ) -> list[dict[str, Any]]:
     """Score ``pool`` (and no demonstration) into ``output``; returns every candidate row, best first.
+
+    ``screen`` first scores the whole pool on a smaller STS-B dev subset (into `screen_path` of
+    ``output``, resumable the same way) and searches only its ``keep`` best.
 
     ``adapter`` (the SHA-256 of the LoRA weights ``backend`` carries) is recorded with the fixed settings,
     so rows of the adapted and the plain model never mix in one output.
@@ -68,6 +107,14 @@ def run_search(
     ids = [d.id for d in pool]
     if len(set(ids)) != len(ids):
         raise PromptlabError("the pool lists a demonstration id twice; make ids unique.")
+    if screen is not None:
+        settings = dict(
+            template=template, layer=layer, dtype=dtype, batch_size=batch_size, batch_tokens=batch_tokens,
+            max_length=max_length, backend=backend, pool_name=pool_name, progress=progress, log=log,
+            workers=workers, adapter=adapter,
+        )  # fmt: skip
+        pool = _screened(model, pool, output, screen, benchmark, settings)
+        ids = [d.id for d in pool]
     fixed = {
         **benchmark.fixed(),
         "model": model,
@@ -129,6 +176,33 @@ def run_search(
                     )
         rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
         return sorted(rows, key=lambda r: -_num(r.get("score")))
+
+
+def _screened(model, pool, output, screen: Screen, benchmark: Benchmark, settings) -> list[Demonstration]:
+    """The ``screen.keep`` candidates of ``pool`` that score best on ``screen.pairs`` STS-B dev pairs."""
+    if benchmark.tasks != ("STSBenchmark",) or benchmark.split != "dev":
+        raise PromptlabError(
+            "--screen scores a first round on STS-B dev pairs; drop --screen to select on "
+            f"{', '.join(benchmark.tasks)} ({benchmark.split})."
+        )
+    if benchmark.dev_pairs is not None and screen.pairs >= benchmark.dev_pairs:
+        raise PromptlabError(
+            f"--screen {screen.pairs}:{screen.keep} screens on as many pairs as the search scores on "
+            f"({benchmark.dev_pairs}); give fewer screening pairs, or drop --screen."
+        )
+    if screen.keep >= len(pool):
+        return pool  # nothing to screen out
+    first = Benchmark(
+        dev_pairs=screen.pairs, seed=benchmark.seed, data_dir=benchmark.data_dir, source=benchmark.source
+    )
+    rows = run_search(model, pool, screen_path(output), benchmark=first, **settings)
+    candidates, _ = candidate_rows(rows)
+    kept = {r["key"]["demonstration"] for r in candidates[: screen.keep]}
+    settings["log"](
+        f"screened {len(pool)} candidates on {screen.pairs} STS-B dev pairs ({screen_path(output)}); "
+        f"the {len(kept)} best go on"
+    )
+    return [d for d in pool if d.id in kept]
 
 
 @dataclass(frozen=True)
