@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_finetune import TOY, config, senteval, tokenizer_dir  # noqa: F401 (fixtures)
+from test_finetune import TOY, config, run_until, senteval, tokenizer_dir  # noqa: F401 (fixtures)
 
 from promptlab.backends import load_backend
 from promptlab.embedder import Embedder
@@ -108,16 +108,7 @@ def _run(tmp_path, senteval, folder, model_dir, *, stop_at=None, resume=False, *
     if cfg.quantization == "none":
         backend = load_backend("transformers", str(model_dir), dtype="float32", device="cuda")
     trainer = Trainer(cfg, backend=backend, data=TrainingData(TOY[:6]))  # a 4-bit base loads on the GPU
-
-    def stop(step, loss):
-        if step == stop_at:
-            raise KeyboardInterrupt
-
-    try:
-        trainer.run(progress=False, on_step=stop, resume=resume)
-    except KeyboardInterrupt:
-        pass
-    return trainer
+    return run_until(trainer, stop_at, resume=resume)
 
 
 def _adapter(trainer) -> dict[str, torch.Tensor]:

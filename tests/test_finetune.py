@@ -468,6 +468,20 @@ def test_only_adapter_weights_change_and_loss_falls(tmp_path, senteval, tiny_lla
     assert end_loss < 0.5 * start_loss, (start_loss, end_loss)
 
 
+def run_until(trainer, stop_at: int | None, *, resume: bool = False):
+    """``trainer`` run to its end, or interrupted (as by Ctrl-C) once step ``stop_at`` is done."""
+
+    def stop(step, loss):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    try:
+        trainer.run(progress=False, on_step=stop, resume=resume)
+    except KeyboardInterrupt:
+        pass
+    return trainer
+
+
 @pytest.mark.parametrize("layout", ["current", "format 2"])
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, tiny_llama, layout):
     def run(folder: str, *, stop_at: int | None = None, resume: bool = False):
@@ -475,16 +489,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, ti
             tmp_path, senteval, output_dir=str(tmp_path / folder), steps=7, save_every=2, lora_dropout=0.2
         )
         trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY[:6]))
-
-        def stop(step, loss):
-            if step == stop_at:
-                raise KeyboardInterrupt
-
-        try:
-            trainer.run(progress=False, on_step=stop, resume=resume)
-        except KeyboardInterrupt:
-            pass
-        return trainer
+        return run_until(trainer, stop_at, resume=resume)
 
     whole = run("whole")
     run("parts", stop_at=5)  # interrupted after step 5; the last checkpoint is step 4
