@@ -197,6 +197,31 @@ def test_a_search_on_ray_workers_scores_like_one_process(cluster, tiny_llama_dir
         assert got[key]["demonstration"] == row["demonstration"]
 
 
+def test_a_screened_search_on_ray_workers_writes_the_rows_of_one_process(
+    cluster, tiny_llama_dir, data_dir, tmp_path, capsys
+):
+    from promptlab.experiments.search import Screen, screen_path
+
+    here = tmp_path / "here.jsonl"
+    bench = Benchmark(data_dir=data_dir)
+    run_search(
+        str(tiny_llama_dir), POOL, here, dtype="float32", benchmark=bench, log=lambda m: None, screen=Screen(8, 2)
+    )  # fmt: skip
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(d.to_dict()) + "\n" for d in POOL))
+    out = tmp_path / "search.jsonl"
+    argv = ["search-demos", "--model", str(tiny_llama_dir), "--pool", str(pool), "--dtype", "float32"]
+    argv += ["--output", str(out), "--data-dir", data_dir, "--screen", "8:2", "--ray", "--ray-workers", "2"]
+    assert main(argv) == 0
+    assert "the 2 best go on" in capsys.readouterr().err
+    for mine, reference in [(out, here), (screen_path(out), screen_path(here))]:
+        got, expected = by_key(read_rows(mine)), by_key(read_rows(reference))
+        assert set(got) == set(expected)
+        for key, row in expected.items():
+            assert got[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+    assert len(by_key(read_rows(out))) == 3  # the baseline and the 2 kept
+
+
 def test_a_user_error_inside_a_ray_worker_is_one_line(cluster, tiny_llama_dir, data_dir, tmp_path, capsys):
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(

@@ -196,8 +196,10 @@ def _screened(model, pool, output, screen: Screen, benchmark: Benchmark, setting
         dev_pairs=screen.pairs, seed=benchmark.seed, data_dir=benchmark.data_dir, source=benchmark.source
     )
     rows = run_search(model, pool, screen_path(output), benchmark=first, **settings)
-    candidates, _ = candidate_rows(rows)
-    kept = {r["key"]["demonstration"] for r in candidates[: screen.keep]}
+    score = {r["key"]["demonstration"]: _num(r.get("score")) for r in rows}
+    # Ties (Spearman on few pairs has few values) go to the pool's order, not to the order rows finished in.
+    ranked = sorted(pool, key=lambda d: -score[d.id])
+    kept = {d.id for d in ranked[: screen.keep]}
     settings["log"](
         f"screened {len(pool)} candidates on {screen.pairs} STS-B dev pairs ({screen_path(output)}); "
         f"the {len(kept)} best go on"
