@@ -558,6 +558,7 @@ OTHER_STATES = {
     ),
     "truncated": lambda path, state: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
     "format 2 with format 3's keys": lambda path, state: torch.save(state | {"format": 2}, path),
+    "a format that is not a number": lambda path, state: torch.save(state | {"format": [3]}, path),
 }
 
 

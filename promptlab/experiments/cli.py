@@ -110,7 +110,7 @@ def make_search_parser(sub) -> None:
         default=None,
         metavar="PAIRS:KEEP",
         help="two rounds: every candidate on PAIRS STS-B dev pairs (into OUTPUT's .screen.jsonl), then the KEEP "
-        "best on --dev-pairs; e.g. 50:16 scores 143 candidates in about a third of the forwards",
+        "best on --dev-pairs; e.g. 50:16 scores 143 candidates with about a third of a full search's sentences",
     )
     p.add_argument("--top", type=int, default=10, help="print the k best")
     p.add_argument("--output", required=True, help="results JSONL; an existing one is resumed")

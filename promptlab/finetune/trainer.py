@@ -119,7 +119,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # refused objects (pickle.UnpicklingError), a damaged zip, a truncated file
         raise PromptlabError(refuse) from err
-    if not isinstance(state, dict) or set(state) != _STATE_KEYS_BY_FORMAT.get(state.get("format")):
+    layout = state.get("format") if isinstance(state, dict) else None
+    if type(layout) is not int or set(state) != _STATE_KEYS_BY_FORMAT.get(layout):
         raise PromptlabError(refuse)
     return {"cuda_rng": [], **state}
 
