@@ -105,7 +105,7 @@ def _set_cuda_rng_states(states: list[torch.Tensor]) -> None:
 _STATE_KEYS = {"format", "step", "adapter", "optimizer", "scheduler", "torch_rng", "python_rng",
                "numpy_rng", "best_dev", "best_step", "history", "loss_window", "cuda_rng"}  # fmt: skip
 # Format 2 has no GPU RNG states: it still resumes, exactly so for a run on a CPU.
-_STATE_KEYS_BY_FORMAT = {3: _STATE_KEYS, 2: _STATE_KEYS - {"cuda_rng"}}
+_STATE_KEYS_BY_FORMAT = {STATE_FORMAT: _STATE_KEYS, 2: _STATE_KEYS - {"cuda_rng"}}
 
 
 def _read_state(path: Path) -> dict[str, Any]:
