@@ -218,8 +218,9 @@ def _summed_stats(calls: list[dict]) -> dict:
             "seconds",
         )
     }
-    done, seconds = summed["embedded"], summed["seconds"]
-    return {**summed, "sentences_per_second": done / seconds if done and seconds > 0 else None}
+    from promptlab.embedder import sentences_per_second
+
+    return {**summed, "sentences_per_second": sentences_per_second(summed["embedded"], summed["seconds"])}
 
 
 def _rate_cell(stats: dict) -> str:

@@ -47,7 +47,7 @@ def check_sentences(sentences: Sequence[str]) -> list[str]:
     return out
 
 
-def _rate(done: int, seconds: float) -> float | None:
+def sentences_per_second(done: int, seconds: float) -> float | None:
     """Sentences per second, or None when nothing was computed."""
     return done / seconds if done and seconds > 0 else None
 
@@ -327,7 +327,7 @@ class Embedder:
             "prefix_length": prefix,
             "seconds": seconds,
             # The rate of the work done: sentences read from the cache are counted apart, not as speed.
-            "sentences_per_second": _rate(len(order), seconds),
+            "sentences_per_second": sentences_per_second(len(order), seconds),
         }
         position = {s: i for i, s in enumerate(unique)}
         take = np.fromiter((position[s] for s in sentences), dtype=np.int64, count=len(sentences))
@@ -364,7 +364,7 @@ class Embedder:
             "unique_sentences": unique,
             "embedded": embedded,
             "from_cache": unique - embedded,
-            "sentences_per_second": _rate(embedded, stats["seconds"]),
+            "sentences_per_second": sentences_per_second(embedded, stats["seconds"]),
         }
         return result
 

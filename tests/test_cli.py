@@ -271,6 +271,7 @@ def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_di
     assert main([*base, "--output", str(output)]) == 0
     err = capsys.readouterr().err
     assert err.count("kept from the task log") == 2 and "STS12" in err.split("kept from the task log")[0]
+    assert err.count("scored items") == 1  # the suite is described once, before the model loads
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     record = json.loads(output.read_text())
     assert [r["key"]["task"] for r in rows] == list(record["scores"]) and len(rows) == 7

@@ -116,8 +116,9 @@ def evaluate(
 
     `encode(sentences)` must return one vector per sentence, in order, as an (n, d) array. It is called
     exactly once, with the unique sentences of all tasks (first-seen order), so the encoder can sort,
-    batch and report one throughput figure. `progress` prints a status line before and after encoding
-    to stderr (the encoder draws its own progress bar).
+    batch and report one throughput figure. `progress` prints the encoding time, or each task's score as
+    it finishes, to stderr (the encoder draws its own progress bar; describing the suite is the caller's,
+    which can do it before the model loads).
 
     `tasks` is a list of names (None: every STS task that has `split`, see `load_suite`) or a `Suite` that
     `load_suite` already loaded (then `data_dir`, `split` and `source` come from it).
@@ -129,8 +130,6 @@ def evaluate(
     are the same; only the batches they were computed in differ).
     """
     suite = _suite(tasks, data_dir, split, source)
-    if progress:
-        print(suite.describe(), file=sys.stderr)
     if task_log is not None:
         return _evaluate_task_by_task(encode, suite, task_log, progress)
     start = time.perf_counter()

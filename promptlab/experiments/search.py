@@ -107,79 +107,93 @@ def run_search(
     ids = [d.id for d in pool]
     if len(set(ids)) != len(ids):
         raise PromptlabError("the pool lists a demonstration id twice; make ids unique.")
-    if screen is not None:
-        settings = dict(
-            template=template, layer=layer, dtype=dtype, batch_size=batch_size, batch_tokens=batch_tokens,
-            max_length=max_length, backend=backend, pool_name=pool_name, progress=progress, log=log,
-            workers=workers, adapter=adapter,
-        )  # fmt: skip
-        pool = _screened(model, pool, output, screen, benchmark, settings)
+    if backend is not None and workers is not None:
+        raise PromptlabError("pass a loaded backend or workers that load the model, not both.")
+
+    def search_round(
+        pool: list[Demonstration], output: str | Path, benchmark: Benchmark
+    ) -> list[dict[str, Any]]:
+        """Score ``pool`` and the baseline on ``benchmark`` into ``output``, skipping the rows it holds."""
+        fixed = {
+            **benchmark.fixed(),
+            "model": model,
+            "dtype": dtype,
+            "template": base.name,
+            "template_text": base.text,
+            "layer": layer,
+            "max_length": max_length,
+            **({"adapter_sha256": adapter} if adapter else {}),
+        }
         ids = [d.id for d in pool]
-    fixed = {
-        **benchmark.fixed(),
-        "model": model,
-        "dtype": dtype,
-        "template": base.name,
-        "template_text": base.text,
-        "layer": layer,
-        "max_length": max_length,
-        **({"adapter_sha256": adapter} if adapter else {}),
-    }
-    results = ResultsFile(output, KIND, fixed)
-    with results:  # the output stays locked against other runs until the search ends
-        for demo in pool:
-            row = results.done({"demonstration": demo.id})
-            if row is not None and row.get("demonstration") != demo.to_dict():
-                raise PromptlabError(
-                    f"{output}: candidate {demo.id!r} was scored with another sentence or word than the pool has "
-                    "now; write to another output."
-                )
-        todo = [None, *pool]
-        todo = [d for d in todo if results.done({"demonstration": d.id if d else BASELINE}) is None]
-        log(
-            f"demonstration search: {len(pool)} candidates{f' from {pool_name}' if pool_name else ''} + baseline;"
-            f" {len(pool) + 1 - len(todo)} done, {len(todo)} to do; {benchmark.label()};"
-            f" {base.name}, layer {layer}"
-        )
-        if todo:
-            if backend is not None and workers is not None:
-                raise PromptlabError("pass a loaded backend or workers that load the model, not both.")
-            stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
-
-            def check(digest: str | None) -> None:
-                if digest and stored and stored != {digest}:
+        results = ResultsFile(output, KIND, fixed)
+        with results:  # the output stays locked against other runs until the search ends
+            for demo in pool:
+                row = results.done({"demonstration": demo.id})
+                if row is not None and row.get("demonstration") != demo.to_dict():
                     raise PromptlabError(
-                        f"{output}: rows were computed from other weights of {model}; use another output."
+                        f"{output}: candidate {demo.id!r} was scored with another sentence or word than the pool "
+                        "has now; write to another output."
                     )
+            todo = [None, *pool]
+            todo = [d for d in todo if results.done({"demonstration": d.id if d else BASELINE}) is None]
+            log(
+                f"demonstration search: {len(pool)} candidates{f' from {pool_name}' if pool_name else ''} + "
+                f"baseline; {len(pool) + 1 - len(todo)} done, {len(todo)} to do; {benchmark.label()};"
+                f" {base.name}, layer {layer}"
+            )
+            if todo:
+                candidate = Candidate(base, layer, benchmark, batch_size, batch_tokens, max_length, progress)
+                _score_into(results, todo, model, dtype, backend, workers, log, candidate)
+            rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
+            return sorted(rows, key=lambda r: -_num(r.get("score")))
 
-            load = load_transformers
-            if workers is None:
-                workers = Here()
-
-                def load(model: str, dtype: str):  # refuses other weights before the first candidate
-                    loaded = backend if backend is not None else load_transformers(model, dtype)
-                    check(loaded.describe().get("model_file_sha256"))
-                    return loaded
-
-            settings = Candidate(base, layer, benchmark, batch_size, batch_tokens, max_length, progress)
-            jobs = [((model, dtype), demo) for demo in todo]
-            with closing(workers.run(jobs, settings.score, load, log)) as done:
-                for number, (index, (key, payload)) in enumerate(done, start=1):
-                    check(payload["config"].get("model_file_sha256"))
-                    results.append(key, payload)
-                    demo = todo[index]
-                    name = demo.id if demo else "(no demonstration)"
-                    score, seconds = payload["score"], payload["seconds"]
-                    log(
-                        f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} "
-                        f"({seconds:.1f} s)"
-                    )
-        rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
-        return sorted(rows, key=lambda r: -_num(r.get("score")))
+    if screen is not None:
+        first = _screen_benchmark(benchmark, screen)
+        if screen.keep < len(pool):  # else there is nothing to screen out
+            path = screen_path(output)
+            pool = _best(pool, search_round(pool, path, first), screen.keep)
+            log(
+                f"screened {len(ids)} candidates on {screen.pairs} STS-B dev pairs ({path}); the {len(pool)} best go on"
+            )
+    return search_round(pool, output, benchmark)
 
 
-def _screened(model, pool, output, screen: Screen, benchmark: Benchmark, settings) -> list[Demonstration]:
-    """The ``screen.keep`` candidates of ``pool`` that score best on ``screen.pairs`` STS-B dev pairs."""
+def _score_into(
+    results: ResultsFile, todo, model, dtype, backend, workers, log, candidate: Candidate
+) -> None:
+    """Score each of ``todo`` (None: the baseline) and append its row to ``results`` as it finishes."""
+    stored = {r.get("config", {}).get("model_file_sha256") for r in results} - {None}
+
+    def check(digest: str | None) -> None:
+        if digest and stored and stored != {digest}:
+            raise PromptlabError(
+                f"{results.path}: rows were computed from other weights of {model}; use another output."
+            )
+
+    load = load_transformers
+    if workers is None:
+        workers = Here()
+
+        def load(model: str, dtype: str):  # refuses other weights before the first candidate
+            loaded = backend if backend is not None else load_transformers(model, dtype)
+            check(loaded.describe().get("model_file_sha256"))
+            return loaded
+
+    jobs = [((model, dtype), demo) for demo in todo]
+    with closing(workers.run(jobs, candidate.score, load, log)) as done:
+        for number, (index, (key, payload)) in enumerate(done, start=1):
+            check(payload["config"].get("model_file_sha256"))
+            results.append(key, payload)
+            demo = todo[index]
+            name = demo.id if demo else "(no demonstration)"
+            score, seconds = payload["score"], payload["seconds"]
+            log(
+                f"  [{number}/{len(todo)}] {name}: {score if score is None else f'{score:.2f}'} ({seconds:.1f} s)"
+            )
+
+
+def _screen_benchmark(benchmark: Benchmark, screen: Screen) -> Benchmark:
+    """The first round's benchmark: ``screen.pairs`` pairs of STS-B dev, drawn with the search's seed."""
     if benchmark.tasks != ("STSBenchmark",) or benchmark.split != "dev":
         raise PromptlabError(
             "--screen scores a first round on STS-B dev pairs; drop --screen to select on "
@@ -190,20 +204,16 @@ def _screened(model, pool, output, screen: Screen, benchmark: Benchmark, setting
             f"--screen {screen.pairs}:{screen.keep} screens on as many pairs as the search scores on "
             f"({benchmark.dev_pairs}); give fewer screening pairs, or drop --screen."
         )
-    if screen.keep >= len(pool):
-        return pool  # nothing to screen out
-    first = Benchmark(
+    return Benchmark(
         dev_pairs=screen.pairs, seed=benchmark.seed, data_dir=benchmark.data_dir, source=benchmark.source
     )
-    rows = run_search(model, pool, screen_path(output), benchmark=first, **settings)
+
+
+def _best(pool: list[Demonstration], rows: list[dict[str, Any]], keep: int) -> list[Demonstration]:
+    """The ``keep`` candidates of ``pool`` that score best in ``rows``, in pool order."""
     score = {r["key"]["demonstration"]: _num(r.get("score")) for r in rows}
     # Ties (Spearman on few pairs has few values) go to the pool's order, not to the order rows finished in.
-    ranked = sorted(pool, key=lambda d: -score[d.id])
-    kept = {d.id for d in ranked[: screen.keep]}
-    settings["log"](
-        f"screened {len(pool)} candidates on {screen.pairs} STS-B dev pairs ({screen_path(output)}); "
-        f"the {len(kept)} best go on"
-    )
+    kept = {d.id for d in sorted(pool, key=lambda d: -score[d.id])[:keep]}
     return [d for d in pool if d.id in kept]
 
 
