@@ -355,6 +355,13 @@ def test_search_scores_baseline_and_every_candidate_and_resumes(tiny_llama, data
         run_search(
             "tiny", changed, out, dtype="float32", backend=again.backend, benchmark=bench, log=lambda m: None
         )
+    # Every row is written, yet a backend given beside workers that load their own is still refused.
+    from promptlab.experiments.workers import Here
+
+    before = out.read_bytes()
+    with pytest.raises(PromptlabError, match="not both"):
+        run_search("tiny", POOL, out, dtype="float32", backend=again.backend, workers=Here(), benchmark=bench)
+    assert out.read_bytes() == before
 
 
 def test_search_dtype_auto_records_and_resumes_the_resolved_dtype(
