@@ -438,8 +438,39 @@ def test_a_screened_search_keeps_the_screens_best_and_scores_them_as_a_full_sear
         assert row["fixed"] == full_by_id[row["key"]["demonstration"]]["fixed"]
 
     calls = len(counting.heads)
-    again = run_search("tiny", POOL, out, backend=counting.backend, screen=Screen(8, 1), **search)
+    said: list[str] = []
+    again = run_search(
+        "tiny", POOL, out, backend=counting.backend, screen=Screen(8, 1), **{**search, "log": said.append}
+    )
     assert len(counting.heads) == calls and [r["key"] for r in again] == [r["key"] for r in rows]  # resumed
+    assert f"the pick, {best}, ranked 1 of 3 in the screen" in said  # one kept: no hint to keep more
+    # Two kept: the log gives the pick's screen rank, and a pick at the cut line asks for a larger KEEP.
+    said.clear()
+    two = run_search(
+        "tiny",
+        POOL,
+        tmp_path / "two.jsonl",
+        screen=Screen(8, 2),
+        backend=backend_for(tiny_llama),
+        **{**search, "log": said.append},
+    )
+    ranked = sorted(POOL, key=lambda d: (-screened[d.id]["score"], POOL.index(d)))
+    pick = max(ranked[:2], key=lambda d: full_by_id[d.id]["score"])
+    assert pick.id == next(r["key"]["demonstration"] for r in two if r["key"]["demonstration"] != "none")
+    rank = 1 + ranked.index(pick)
+    hint = " (the last kept: a larger KEEP may find a better one)" if rank == 2 else ""
+    assert said[-1] == f"the pick, {pick.id}, ranked {rank} of 3 in the screen{hint}", said
+
+
+def test_a_pick_at_the_screens_cut_line_asks_for_a_larger_keep():
+    from promptlab.experiments.search import pick_in_screen
+
+    ranked = [f"d{i}" for i in range(1, 144)]
+    assert pick_in_screen("d16", ranked, 16) == (
+        "the pick, d16, ranked 16 of 143 in the screen (the last kept: a larger KEEP may find a better one)"
+    )
+    assert pick_in_screen("d9", ranked, 16) == "the pick, d9, ranked 9 of 143 in the screen"
+    assert pick_in_screen("d1", ranked, 1) == "the pick, d1, ranked 1 of 143 in the screen"
 
 
 @pytest.mark.parametrize(

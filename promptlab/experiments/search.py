@@ -147,15 +147,30 @@ def run_search(
             rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
             return sorted(rows, key=lambda r: -_num(r.get("score")))
 
-    if screen is not None:
-        first = _screen_benchmark(benchmark, screen)
-        if screen.keep < len(pool):  # else there is nothing to screen out
-            path = screen_path(output)
-            pool = _best(pool, search_round(pool, path, first), screen.keep)
-            log(
-                f"screened {len(ids)} candidates on {screen.pairs} STS-B dev pairs ({path}); the {len(pool)} best go on"
-            )
-    return search_round(pool, output, benchmark)
+    if screen is None:
+        return search_round(pool, output, benchmark)
+    first = _screen_benchmark(benchmark, screen)
+    if screen.keep >= len(pool):  # nothing to screen out
+        return search_round(pool, output, benchmark)
+    path = screen_path(output)
+    ranked = _ranked(pool, search_round(pool, path, first))
+    kept = {d.id for d in ranked[: screen.keep]}
+    log(
+        f"screened {len(pool)} candidates on {screen.pairs} STS-B dev pairs ({path}); the {len(kept)} best go on"
+    )
+    rows = search_round([d for d in pool if d.id in kept], output, benchmark)
+    candidates, _ = candidate_rows(rows)
+    if candidates:
+        log(pick_in_screen(candidates[0]["key"]["demonstration"], [d.id for d in ranked], screen.keep))
+    return rows
+
+
+def pick_in_screen(pick: str, ranked: list[str], keep: int) -> str:
+    """Where the search's pick ranked in the screen (``ranked``: candidate ids, best first)."""
+    rank = 1 + ranked.index(pick)
+    # A pick at the cut line says candidates just below it may be as good: the screen's pairs are few.
+    last = " (the last kept: a larger KEEP may find a better one)" if rank == keep > 1 else ""
+    return f"the pick, {pick}, ranked {rank} of {len(ranked)} in the screen{last}"
 
 
 def _score_into(
@@ -209,12 +224,11 @@ def _screen_benchmark(benchmark: Benchmark, screen: Screen) -> Benchmark:
     )
 
 
-def _best(pool: list[Demonstration], rows: list[dict[str, Any]], keep: int) -> list[Demonstration]:
-    """The ``keep`` candidates of ``pool`` that score best in ``rows``, in pool order."""
+def _ranked(pool: list[Demonstration], rows: list[dict[str, Any]]) -> list[Demonstration]:
+    """``pool`` ordered by the candidates' scores in ``rows``, best first."""
     score = {r["key"]["demonstration"]: _num(r.get("score")) for r in rows}
     # Ties (Spearman on few pairs has few values) go to the pool's order, not to the order rows finished in.
-    kept = {d.id for d in sorted(pool, key=lambda d: -score[d.id])[:keep]}
-    return [d for d in pool if d.id in kept]
+    return sorted(pool, key=lambda d: -score[d.id])
 
 
 @dataclass(frozen=True)
