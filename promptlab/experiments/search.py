@@ -104,8 +104,7 @@ def run_search(
     dtype = given or resolve_dtype(dtype)
     base = get_template(template)
     with_demonstration(base, pool[0])  # refuses, before any work, a template kind that takes none
-    ids = [d.id for d in pool]
-    if len(set(ids)) != len(ids):
+    if len({d.id for d in pool}) != len(pool):
         raise PromptlabError("the pool lists a demonstration id twice; make ids unique.")
     if backend is not None and workers is not None:
         raise PromptlabError("pass a loaded backend or workers that load the model, not both.")
@@ -124,7 +123,6 @@ def run_search(
             "max_length": max_length,
             **({"adapter_sha256": adapter} if adapter else {}),
         }
-        ids = [d.id for d in pool]
         results = ResultsFile(output, KIND, fixed)
         with results:  # the output stays locked against other runs until the search ends
             for demo in pool:
@@ -144,7 +142,7 @@ def run_search(
             if todo:
                 candidate = Candidate(base, layer, benchmark, batch_size, batch_tokens, max_length, progress)
                 _score_into(results, todo, model, dtype, backend, workers, log, candidate)
-            rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *ids}]
+            rows = [r for r in results if r["key"]["demonstration"] in {BASELINE, *(d.id for d in pool)}]
             return sorted(rows, key=lambda r: -_num(r.get("score")))
 
     if screen is None:
