@@ -20,6 +20,7 @@ from promptlab.cli_options import (
     add_model_args,
     build_embedder,
     engine_options_of,
+    is_combination_file,
     saved_embedder_options,
 )
 from promptlab.errors import PromptlabError
@@ -110,7 +111,7 @@ def eval_command(args: argparse.Namespace) -> int:
             f"folder {Path(args.task_log).parent} does not exist; create it or choose another --task-log."
         )
     print(suite.describe(), file=sys.stderr)
-    embedder = _build_and_report(args)
+    embedder = _build_and_report(args, combination=True)
     started = time.time()
     calls: list[dict] = []  # each encode call's stats: one call, or one per task with --task-log
 
@@ -127,11 +128,7 @@ def eval_command(args: argparse.Namespace) -> int:
     else:
         result = evaluate(encode, suite)
     stats = _summed_stats(calls)
-    template = embedder.template
-    shown = template.name + (f" ({template.pooling})" if template.kind == "prefix" else "")
-    described = embedder.describe()
-    label = f"{described['model']}, {shown}, layer {embedder.layer}, {described['dtype']}"
-    print(format_table([(label, result, {"sent/s": _rate_cell(stats)})]))
+    print(format_table([(embedder.label, result, {"sent/s": _rate_cell(stats)})]))
     print(_work_line(stats), file=sys.stderr)
     if output:
         record = {
@@ -189,10 +186,10 @@ def mteb_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_and_report(args: argparse.Namespace):
+def _build_and_report(args: argparse.Namespace, *, combination: bool = False):
     """`build_embedder`, saying on stderr what was loaded and how long loading took (apart from the work)."""
     started = time.perf_counter()
-    embedder = build_embedder(args)
+    embedder = build_embedder(args, combination=combination)
     described = embedder.describe()
     print(
         f"{described['model']} ready ({described['dtype']}, {described.get('backend', 'transformers')}) "
@@ -345,7 +342,7 @@ def embed_command(args: argparse.Namespace) -> int:
     if not sentences:
         where = "stdin" if args.input == "-" else args.input
         raise PromptlabError(f"no sentences in {where}; give one sentence per line.")
-    embedder = _build_and_report(args)
+    embedder = _build_and_report(args, combination=True)
     vectors = embedder.encode(sentences, normalize_embeddings=args.normalize)
     tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, vectors)
@@ -367,6 +364,11 @@ def _embed_sharded(args: argparse.Namespace) -> int:
     if args.input == "-":
         raise PromptlabError(
             "sharded output resumes from its input files; pass --input FILE|DIR|GLOB, not stdin."
+        )
+    if args.embedder and is_combination_file(args.embedder):
+        raise PromptlabError(
+            f"--embedder {args.embedder} is a combination, which sharded or Ray embedding does not take; embed "
+            "one input file into a .npy (no --shard-size, no --ray) instead."
         )
     if Path(args.output).suffix == ".npy":
         raise PromptlabError(

@@ -73,7 +73,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--embedder",
         default=None,
         help="a saved embedder folder (`promptlab export`) or a finetune adapter folder; "
-        "--template/--layer/... given with it override what it saved",
+        "--template/--layer/... given with it override what it saved. eval and embed also take a "
+        "combination FILE.toml: several embedders and layers as one vector (`promptlab.combination`)",
     )
     mark_defaults(p, ("model", "template", "layer", "dtype", "backend"))
 
@@ -140,10 +141,13 @@ def given(value) -> bool:
     return value is not None and not isinstance(value, _DefaultStr | _DefaultInt)
 
 
-def build_embedder(args: argparse.Namespace):
+def build_embedder(args: argparse.Namespace, *, combination: bool = False):
+    """The command line's embedder; with ``combination``, ``--embedder FILE.toml`` builds a `Combination`."""
     from promptlab.embedder import Embedder
 
     if getattr(args, "embedder", None):
+        if is_combination_file(args.embedder):
+            return _build_combination(args, combination)
         return Embedder.load(args.embedder, **saved_embedder_options(args))
     return Embedder(
         args.model,
@@ -165,6 +169,30 @@ def build_embedder(args: argparse.Namespace):
         compile=getattr(args, "compile", False),
         engine_options=engine_options_of(args),
     )
+
+
+def is_combination_file(spec: str) -> bool:
+    return str(spec).endswith(".toml")
+
+
+def _build_combination(args: argparse.Namespace, allowed: bool):
+    from promptlab.combination import Combination
+
+    if not allowed:
+        command = getattr(args, "command", None) or "this command"
+        raise PromptlabError(
+            f"--embedder {args.embedder} is a combination of embedders, which {command} does not take (eval "
+            "and embed into one .npy do); give one member's model or saved folder instead."
+        )
+    runtime = ("device", "batch_size", "batch_tokens", "cache_dir")
+    options = saved_embedder_options(args)
+    refused = sorted(k for k, v in options.items() if k not in runtime and v is not False)
+    if refused:
+        named = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise PromptlabError(
+            f"{named} cannot apply to a combination ({args.embedder}); write it into its [[member]] tables."
+        )
+    return Combination.load(args.embedder, **{k: options[k] for k in runtime})
 
 
 def engine_options_of(args: argparse.Namespace) -> dict | None:

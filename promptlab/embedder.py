@@ -389,6 +389,20 @@ class Embedder:
             "promptlab": __version__,
         }
 
+    @property
+    def label(self) -> str:
+        """A one-line name for tables: model, template (and its pooling), layer, dtype."""
+        described = self.backend.describe()
+        t = self.template
+        shown = t.name + (f" ({t.pooling})" if t.kind == "prefix" else "")
+        return f"{described['model']}, {shown}, layer {self.layer}, {described['dtype']}"
+
+    def computes(self) -> dict[str, Any]:
+        """What shapes these vectors (`promptlab.cache.computes`): what a task log or cache entry is keyed by."""
+        from promptlab.cache import computes
+
+        return computes(self)
+
     # -- artifacts -------------------------------------------------------------------------------------
     def save(self, folder: str, *, overwrite: bool = False):
         """Save as a folder that `Embedder.load` rebuilds (config + adapter); see `promptlab.artifact`."""

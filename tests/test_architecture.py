@@ -50,6 +50,7 @@ PARTS = {
     "promptlab.cache": "embedder",
     "promptlab.artifact": "embedder",
     "promptlab.adapters": "embedder",
+    "promptlab.combination": "embedder",
     "promptlab.evaluation": "evaluation",
     "promptlab.experiments": "experiments/finetune",
     "promptlab.finetune": "experiments/finetune",

@@ -211,6 +211,4 @@ def open_task_log(path: str | Path, embedder) -> ResultsFile:
     without where the model lies, and a probe prompt's token ids), so a log written by another model,
     template, layer, dtype or demonstration is refused, naming what differs.
     """
-    from promptlab.cache import computes
-
-    return ResultsFile(path, "eval-task", computes(embedder))
+    return ResultsFile(path, "eval-task", embedder.computes())
