@@ -174,10 +174,14 @@ class Combination:
     @property
     def label(self) -> str:
         """A one-line name for tables: each member's label, its layers and weight."""
-        return " + ".join(
-            f"[{m.embedder.label}; layers {','.join(map(str, m.layers))}; weight {m.weight:g}]"
-            for m in self.members
-        )
+        parts = []
+        for m in self.members:
+            described = m.embedder.describe()
+            parts.append(
+                f"[{described['model']}, {described['template']}{', adapter' if described.get('adapter') else ''}, "
+                f"layers {','.join(map(str, m.layers))}, {described['dtype']}, weight {m.weight:g}]"
+            )
+        return " + ".join(parts)
 
     @property
     def batch_size(self) -> list[int | None]:
