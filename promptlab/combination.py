@@ -16,6 +16,7 @@ A combination is written as TOML, one ``[[member]]`` table per member::
     layers = [26, 27, 28, 29]       # or: layer = 28
     weight = 0.7                    # default 1
 
+Paths in it (folders, ``best-of:`` searches) are relative to the working directory, as on the command line.
 ``promptlab eval --embedder FILE.toml`` and ``promptlab embed --embedder FILE.toml`` embed with it.
 Members load one after another and stay in memory together: each brings its own model.
 """
