@@ -186,9 +186,13 @@ def _build_combination(args: argparse.Namespace, allowed: bool):
         )
     runtime = ("device", "batch_size", "batch_tokens", "cache_dir")
     options = saved_embedder_options(args)
-    refused = sorted(k for k, v in options.items() if k not in runtime and v is not False)
+    refused = sorted(k for k in options if k not in runtime and not (k == "compile" and not options[k]))
     if refused:
-        named = ", ".join("--" + k.replace("_", "-") for k in refused)
+        flags = {
+            "normalize_input": "--no-normalize-input",
+            "engine_options": "--tensor/pipeline-parallel-size",
+        }
+        named = ", ".join(flags.get(k, "--" + k.replace("_", "-")) for k in refused)
         raise PromptlabError(
             f"{named} cannot apply to a combination ({args.embedder}); write it into its [[member]] tables."
         )

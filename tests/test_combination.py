@@ -187,6 +187,10 @@ def test_eval_and_embed_take_a_combination_and_resume_from_its_task_log(combo_to
             ["embed", "--input", "IN", "--output", "OUT", "--layer", "2"],
             "--layer cannot apply to a combination",
         ),
+        (
+            ["embed", "--input", "IN", "--output", "OUT", "--no-normalize-input"],
+            "--no-normalize-input cannot apply",
+        ),
         (["export", "--output", "OUT"], "which export does not take"),
         (["embed", "--input", "IN", "--output", "shards/", "--shard-size", "2"], "sharded or Ray embedding"),
     ],
