@@ -174,7 +174,7 @@ class Combination:
 
     @property
     def label(self) -> str:
-        """A one-line name for tables: each member's label, its layers and weight."""
+        """A one-line name for tables: each member's model, template, layers, dtype and weight."""
         parts = []
         for m in self.members:
             described = m.embedder.describe()
