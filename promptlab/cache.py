@@ -4,9 +4,9 @@ Layout: ``ROOT/<namespace>/layer<k>/shard-*.npz`` (+ ``ROOT/<namespace>/config.j
 The namespace is a SHA-256 of everything that shapes a vector besides the sentence: the embedder's full
 `describe()` record (model file hash, template text, pooling, dtype, quantization, backend, runtime
 versions…), the token ids of a probe prompt (so demonstrations, the tokenizer and input normalisation are
-covered whatever `describe()` records), and a fingerprint of promptlab's own source (a code change never
-reads vectors computed by older code). Each shard holds the SHA-256 of each sentence, its vectors, and a
-digest over both.
+covered whatever `describe()` records), and a fingerprint of promptlab's own code (a code change never
+reads vectors computed by older code; docstrings, comments and layout are not part of it). Each shard
+holds the SHA-256 of each sentence, its vectors, and a digest over both.
 
 Safety: a shard is written to a temporary file and renamed into place, so readers never see half a file and
 concurrent runs never write the same file. A shard that fails to load or whose digest does not match is
@@ -16,6 +16,7 @@ simply computed. Vectors are returned only for an exact sentence hash in a verif
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
@@ -44,14 +45,39 @@ def _warn_once(where: Path, kind: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-@functools.cache
-def code_fingerprint() -> str:
-    """SHA-256 over promptlab's Python sources (paths and bytes)."""
-    root = Path(__file__).resolve().parent
+def _code_only(source: str) -> str:
+    """The syntax tree of `source` without docstrings, comments, layout or line numbers.
+
+    Editing documentation then keeps a cache that took hours to fill; any change to what the code does
+    (a statement, a constant, a name) still changes the tree.
+    """
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def source_fingerprint(root: Path) -> str:
+    """SHA-256 over the code (see `_code_only`) of every ``*.py`` under `root`, with its relative path."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        code = _code_only(path.read_text(encoding="utf-8"))
+        digest.update(str(path.relative_to(root).as_posix()).encode() + b"\0" + code.encode() + b"\0")
     return digest.hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The `source_fingerprint` of the installed promptlab package."""
+    return source_fingerprint(Path(__file__).resolve().parent)
 
 
 def sentence_key(sentence: str) -> bytes:

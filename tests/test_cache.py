@@ -200,3 +200,36 @@ def test_cli_caches_by_default_and_no_cache_switches_it_off(tmp_path):
     assert embedding_cache_dir(args) == str(tmp_path)
     args = make_parser().parse_args(["embed", "--input", "x", "--output", "y", "--no-cache"])
     assert embedding_cache_dir(args) is None
+
+
+def test_code_fingerprint_ignores_documentation_but_not_code(tmp_path):
+    """Editing a docstring or a comment keeps the cache; changing what the code does starts a new one."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    module = package / "sub" / "pooling.py"
+
+    def fingerprint_of(source: str) -> str:
+        module.write_text(source)
+        return cache_module.source_fingerprint(package)
+
+    base = fingerprint_of('"""Pool."""\n\n\ndef pool(x):\n    """Mean."""\n    return x.mean(0)  # rows\n')
+    same_code = [
+        '"""Pool the hidden states."""\n\ndef pool(x):\n    """Mean over tokens."""\n    return x.mean(0)\n',
+        "def pool(x):\n    # no docstrings at all\n    return (\n        x.mean(0)\n    )\n",
+    ]
+    other_code = [
+        '"""Pool."""\n\n\ndef pool(x):\n    """Mean."""\n    return x.mean(1)  # rows\n',
+        '"""Pool."""\n\n\ndef pool(x):\n    """Mean."""\n    return x.sum(0)  # rows\n',
+        '"""Pool."""\n\n\ndef pool(y):\n    """Mean."""\n    return y.mean(0)  # rows\n',
+        # A string that is not a docstring is code (it may be a template).
+        '"""Pool."""\n\n\ndef pool(x):\n    """Mean."""\n    x = x\n    "means"\n    return x.mean(0)\n',
+    ]
+    assert [fingerprint_of(source) for source in same_code] == [base, base]
+    assert len({base, *(fingerprint_of(source) for source in other_code)}) == 1 + len(other_code)
+
+    fingerprint_of('"""Pool."""\n\n\ndef pool(x):\n    """Mean."""\n    return x.mean(0)  # rows\n')
+    module.rename(package / "sub" / "pooling_renamed.py")  # a module's path is part of the code
+    assert cache_module.source_fingerprint(package) != base
+
+    installed = cache_module.Path(cache_module.__file__).resolve().parent
+    assert cache_module.code_fingerprint() == cache_module.source_fingerprint(installed)
