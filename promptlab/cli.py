@@ -92,6 +92,14 @@ def make_eval_parser(sub) -> None:
         "configuration skips the tasks there. For an eval longer than one sitting of a machine whose "
         "embedding cache does not survive: keep FILE (commit it) and rerun the same command",
     )
+    p.add_argument(
+        "--part-items",
+        type=int,
+        default=256,
+        metavar="N",
+        help="with --task-log: encode STS tasks N pairs at a time and log each finished part's cosines too, "
+        "so a single task longer than a sitting resumes from its last part (default 256; 0: whole tasks)",
+    )
     p.set_defaults(handler=eval_command)
 
 
@@ -99,6 +107,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from promptlab.evaluation import evaluate, format_table, load_suite
     from promptlab.version import __version__, source_commit
 
+    if args.part_items < 0:
+        raise PromptlabError(f"--part-items must be 0 (whole tasks) or more, got {args.part_items}.")
     output = _check_output(args.output, args.overwrite)
     commit = source_commit()  # now: the code may be committed while a long eval runs
     tasks = (
@@ -124,7 +134,9 @@ def eval_command(args: argparse.Namespace) -> int:
         from promptlab.experiments.results import open_task_log
 
         with open_task_log(args.task_log, embedder) as task_log:
-            result = evaluate(encode, suite, task_log=task_log, progress=True)
+            result = evaluate(
+                encode, suite, task_log=task_log, progress=True, part_items=args.part_items or None
+            )
     else:
         result = evaluate(encode, suite)
     stats = _summed_stats(calls)

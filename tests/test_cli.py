@@ -11,6 +11,7 @@ from test_evaluation import write_fake_senteval
 
 from promptlab.backends import resolve_dtype
 from promptlab.cli import main
+from promptlab.evaluation import TASKS
 
 needs_senteval = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data not at {SENTEVAL}")
 
@@ -272,7 +273,12 @@ def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_di
     err = capsys.readouterr().err
     assert err.count("kept from the task log") == 2 and "STS12" in err.split("kept from the task log")[0]
     assert err.count("scored items") == 1  # the suite is described once, before the model loads
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = log.read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    rows = [r for r in logged if "part" not in r["key"]]
+    parts = [r for r in logged if "part" in r["key"]]
+    # STS tasks are encoded 256 pairs at a time (the default --part-items); each part's cosines are logged.
+    assert {p["key"]["task"] for p in parts} == set(TASKS) and all(len(p["values"]) <= 256 for p in parts)
     record = json.loads(output.read_text())
     assert [r["key"]["task"] for r in rows] == list(record["scores"]) and len(rows) == 7
     assert record["scores"] == {r["key"]["task"]: r["result"]["score"] for r in rows}
@@ -285,7 +291,7 @@ def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_di
     errors = [line for line in err.splitlines() if line.startswith("promptlab: error:")]
     assert len(errors) == 1 and "Traceback" not in err
     assert "different configuration" in errors[0] and "layer: -1 there, 1 now" in errors[0]
-    assert len(log.read_text().splitlines()) == 7
+    assert log.read_text().splitlines() == lines
 
 
 def test_output_that_cannot_be_written_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys):

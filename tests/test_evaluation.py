@@ -21,6 +21,10 @@ from promptlab.errors import PromptlabError
 from promptlab.evaluation import (
     TASKS,
     EvalResult,
+    STSPairs,
+    STSTask,
+    Suite,
+    Vectors,
     canonical_task,
     evaluate,
     format_table,
@@ -413,6 +417,85 @@ def test_a_task_log_resumes_task_by_task_with_the_scores_of_one_call(fake_dir, t
     # A log kept for another configuration is refused, naming what differs.
     with pytest.raises(PromptlabError, match="encoder: 'seeded' there, 'other' now"):
         ResultsFile(log_path, "eval-task", {"encoder": "other"})
+
+
+def test_a_task_log_with_parts_resumes_inside_a_task_with_the_scores_of_one_call(fake_dir, tmp_path):
+    from promptlab.experiments.results import ResultsFile
+
+    whole = evaluate(seeded_vectors, data_dir=fake_dir)
+    log_path = tmp_path / "tasks.jsonl"
+    second_subset = STS_SUBSETS["STS13"][1]
+    encoded: list[str] = []
+
+    def dies_in_sts13(sentences):
+        if any(s.startswith(f"STS13 {second_subset} ") for s in sentences):
+            raise KeyboardInterrupt  # the machine goes away inside STS13, at its second subset
+        encoded.extend(sentences)
+        return seeded_vectors(sentences)
+
+    with pytest.raises(KeyboardInterrupt), ResultsFile(log_path, "eval-task", {"encoder": "seeded"}) as log:
+        evaluate(dies_in_sts13, data_dir=fake_dir, task_log=log, part_items=2)
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [r["key"]["task"] for r in rows if "part" not in r["key"]] == ["STS12"]  # the one finished task
+    first = STS_SUBSETS["STS12"][0]
+    assert [r["key"]["part"] for r in rows if r["key"]["task"] == "STS12" and "part" in r["key"]][:3] == [
+        f"{first}[0:2]",
+        f"{first}[2:4]",
+        f"{first}[4:5]",
+    ]  # 5 scored pairs, 2 at a time
+    logged = [r["key"]["part"] for r in rows if r["key"]["task"] == "STS13"]
+    assert logged == [f"{STS_SUBSETS['STS13'][0]}[{a}:{b}]" for a, b in ((0, 2), (2, 4), (4, 5))]
+
+    encoded.clear()
+
+    def counted(sentences):
+        encoded.extend(sentences)
+        return seeded_vectors(sentences)
+
+    with ResultsFile(log_path, "eval-task", {"encoder": "seeded"}) as log:
+        resumed = evaluate(counted, data_dir=fake_dir, task_log=log, part_items=2)
+    # Neither the finished task nor STS13's logged parts are encoded again.
+    assert not [s for s in encoded if s.startswith(("STS12 ", f"STS13 {STS_SUBSETS['STS13'][0]} "))]
+    assert any(s.startswith(f"STS13 {second_subset} ") for s in encoded)
+    assert resumed.scores == pytest.approx(whole.scores, abs=1e-9)
+    assert resumed.average == pytest.approx(whole.average, abs=1e-9)
+    assert resumed.details["STS13"].subsets == pytest.approx(whole.details["STS13"].subsets, abs=1e-9)
+
+
+def test_sts_parts_cover_every_pair_once_and_score_as_the_whole_task(tmp_path):
+    gold = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    repeated = "The same sentence in two parts ."
+    subset_a = STSPairs(
+        "X", "a", "test", [repeated, "a1", "a2", "a3", repeated], ["b0", "b1", "b2", "b3", "b4"], gold
+    )
+    subset_b = STSPairs("X", "b", "test", ["c0", "c1", "c2"], ["d0", repeated, "d2"], gold[:3])
+    task = STSTask("X", "test", [subset_a, subset_b])
+    parts = task.parts(2)
+    assert parts == ["a[0:2]", "a[2:4]", "a[4:5]", "b[0:2]", "b[2:3]"]
+    assert task.part_sentences("a[4:5]") == [repeated, "b4"]
+    sentences = list(dict.fromkeys(task.sentences()))
+    vectors = Vectors({s: i for i, s in enumerate(sentences)}, seeded_vectors(sentences))
+    values = {part: task.score_part(part, vectors) for part in reversed(parts)}  # any order
+    assert task.score_parts(values).to_dict() == task.score(vectors).to_dict()
+    with pytest.raises(ValueError, match="missing"):
+        task.score_parts({part: v for part, v in values.items() if part != "a[2:4]"})
+    with pytest.raises(ValueError, match="no part 'a\\[4:9\\]'"):
+        task.part_sentences("a[4:9]")
+
+    # Through the runner: each distinct sentence of the task is encoded once, though parts share one.
+    from promptlab.experiments.results import ResultsFile
+
+    encoded: list[str] = []
+
+    def counted(batch):
+        encoded.extend(batch)
+        return seeded_vectors(batch)
+
+    suite = Suite(["X"], [task], {s: i for i, s in enumerate(sentences)}, "test", "senteval", None)
+    with ResultsFile(tmp_path / "log.jsonl", "eval-task", {}) as log:
+        result = evaluate(counted, suite, task_log=log, part_items=2)
+    assert sorted(encoded) == sorted(sentences)
+    assert result.details["X"].to_dict() == task.score(vectors).to_dict()
 
 
 def test_perfect_encoder_scores_100(fake_dir):

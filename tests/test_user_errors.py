@@ -231,3 +231,10 @@ def test_sweep_config_of_the_wrong_type_fails_check(tmp_path, capsys, top, grid,
     path.write_text(text, encoding="utf-8")
     line = error_of(["sweep", str(path), "--output", str(tmp_path / "out.jsonl"), "--check"], capsys)
     assert message in line
+
+
+def test_a_negative_part_size_is_refused_before_anything_loads(tmp_path, capsys):
+    argv = ["eval", "--model", str(tmp_path / "no-such-model"), "--task-log", str(tmp_path / "log.jsonl")]
+    message = error_of([*argv, "--part-items", "-1"], capsys)
+    assert "--part-items must be 0 (whole tasks) or more, got -1" in message
+    assert not (tmp_path / "log.jsonl").exists()

@@ -64,6 +64,33 @@ class Task(Protocol):
     def score(self, vectors: Vectors) -> TaskResult: ...
 
 
+@runtime_checkable
+class PartedTask(Task, Protocol):
+    """A task whose score is built from per-item values that parts of it compute on their own.
+
+    STS is one: a pair's cosine needs only its two vectors, and Spearman is taken once all are in. An
+    evaluation with a task log (`evaluate(..., task_log=..., part_items=n)`) then keeps each finished part's
+    values, so a task longer than one sitting of the machine resumes part by part. Parts are named by what
+    they hold (subset and item range), so a part is found again only where the data and part size agree.
+    """
+
+    def parts(self, max_items: int) -> list[str]:
+        """Names of consecutive item ranges of at most `max_items` each, covering every item once, in order."""
+        ...
+
+    def part_sentences(self, part: str) -> list[str]:
+        """The sentences whose vectors `score_part(part, ...)` looks up."""
+        ...
+
+    def score_part(self, part: str, vectors: Vectors) -> list[float]:
+        """One finite float per item of `part` (JSON keeps them exactly)."""
+        ...
+
+    def score_parts(self, values: dict[str, list[float]]) -> TaskResult:
+        """The task's result from every part's values ({part name: values}), as `score` computes it."""
+        ...
+
+
 @dataclass(frozen=True)
 class TaskType:
     """A registered task type: what its results are called and how to read them back from JSON."""

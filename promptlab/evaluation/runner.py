@@ -15,7 +15,7 @@ import numpy as np
 from promptlab.errors import PromptlabError
 from promptlab.evaluation.catalog import CATALOG, load_tasks
 from promptlab.evaluation.data import ENV_VAR, fingerprint, resolve_data_dir
-from promptlab.evaluation.protocol import Task, TaskResult, Vectors, result_from_dict
+from promptlab.evaluation.protocol import PartedTask, Task, TaskResult, Vectors, result_from_dict
 from promptlab.evaluation.results import EvalResult
 from promptlab.evaluation.tasks import SPECS, TASKS
 
@@ -111,6 +111,7 @@ def evaluate(
     source: str = "senteval",
     progress: bool = False,
     task_log: TaskLog | None = None,
+    part_items: int | None = None,
 ) -> EvalResult:
     """Score `encode` on tasks of any type: STS with SentEval's conventions, and those of the catalog.
 
@@ -127,11 +128,16 @@ def evaluate(
     appended to the log at once; tasks the log already holds (same name, same data) are read back, not
     encoded. An evaluation longer than one sitting of the machine then resumes task by task even where the
     embedding cache did not survive. The scores are those of the one-call evaluation (each task's vectors
-    are the same; only the batches they were computed in differ).
+    are the same; only the batches they were computed in differ). With `part_items` too, a task that can be
+    scored in parts (a `PartedTask`: STS) is encoded `part_items` items at a time, and each finished part's
+    values (STS: the pairs' cosines) go to the log as well, so even one task longer than a sitting resumes
+    from its last finished part.
     """
     suite = _suite(tasks, data_dir, split, source)
+    if part_items is not None and part_items < 1:
+        raise PromptlabError(f"part_items must be at least 1, got {part_items}; or None for whole tasks.")
     if task_log is not None:
-        return _evaluate_task_by_task(encode, suite, task_log, progress)
+        return _evaluate_task_by_task(encode, suite, task_log, progress, part_items)
     start = time.perf_counter()
     vecs = _check_vectors(encode(list(suite.sentences)), len(suite.sentences))
     seconds = time.perf_counter() - start
@@ -141,7 +147,9 @@ def evaluate(
     return score_suite(suite, vecs, seconds)
 
 
-def _evaluate_task_by_task(encode: Encode, suite: Suite, task_log: TaskLog, progress: bool) -> EvalResult:
+def _evaluate_task_by_task(
+    encode: Encode, suite: Suite, task_log: TaskLog, progress: bool, part_items: int | None
+) -> EvalResult:
     details: dict[str, TaskResult] = {}
     seconds, encoded = 0.0, 0
     for task in suite.tasks:
@@ -152,23 +160,65 @@ def _evaluate_task_by_task(encode: Encode, suite: Suite, task_log: TaskLog, prog
             if progress:
                 print(f"{task.name}: {details[task.name].score:.2f}, kept from the task log", file=sys.stderr)
             continue
-        sentences = list(dict.fromkeys(task.sentences()))
-        start = time.perf_counter()
-        vecs = _check_vectors(encode(sentences), len(sentences))
-        took = time.perf_counter() - start
-        details[task.name] = task.score(Vectors({s: i for i, s in enumerate(sentences)}, vecs))
+        if part_items is not None and isinstance(task, PartedTask):
+            details[task.name], n, took = _score_in_parts(encode, task, key, task_log, part_items, progress)
+        else:
+            sentences = list(dict.fromkeys(task.sentences()))
+            start = time.perf_counter()
+            vecs = _check_vectors(encode(sentences), len(sentences))
+            n, took = len(sentences), time.perf_counter() - start
+            details[task.name] = task.score(Vectors({s: i for i, s in enumerate(sentences)}, vecs))
         task_log.append(
-            key,
-            {"result": details[task.name].to_dict(), "n_sentences": len(sentences), "encode_seconds": took},
+            key, {"result": details[task.name].to_dict(), "n_sentences": n, "encode_seconds": took}
         )
-        seconds, encoded = seconds + took, encoded + len(sentences)
+        seconds, encoded = seconds + took, encoded + n
         if progress:
             print(
-                f"{task.name}: {details[task.name].score:.2f} ({len(sentences)} sentences in {took:.1f} s)",
+                f"{task.name}: {details[task.name].score:.2f} ({n} sentences in {took:.1f} s)",
                 file=sys.stderr,
             )
     # Throughput of what this call encoded; a run that only read the log reports none.
     return _result(suite, details, seconds if encoded else float("nan"), encoded)
+
+
+def _score_in_parts(
+    encode: Encode, task: PartedTask, key: dict[str, Any], task_log: TaskLog, part_items: int, progress: bool
+) -> tuple[TaskResult, int, float]:
+    """Score `task` part by part, logging each part's values; returns (result, sentences encoded, seconds)."""
+    parts = task.parts(part_items)
+    values: dict[str, list[float]] = {}
+    # Vectors encoded by this call: a sentence in several parts is encoded once.
+    known: dict[str, np.ndarray] = {}
+    seconds, logged = 0.0, 0
+    for number, part in enumerate(parts, 1):
+        part_key = {**key, "part": part}
+        row = task_log.done(part_key)
+        if row is not None:
+            values[part] = row["values"]
+            continue
+        sentences = list(dict.fromkeys(task.part_sentences(part)))
+        new = [s for s in sentences if s not in known]
+        start = time.perf_counter()
+        if new:
+            known.update(zip(new, _check_vectors(encode(new), len(new)), strict=True))
+        took = time.perf_counter() - start
+        seconds += took
+        values[part] = task.score_part(
+            part, Vectors({s: i for i, s in enumerate(sentences)}, np.stack([known[s] for s in sentences]))
+        )
+        task_log.append(part_key, {"values": values[part], "n_sentences": len(new), "encode_seconds": took})
+        logged += 1
+        if progress:
+            print(
+                f"{task.name} part {number}/{len(parts)} {part}: {len(new)} sentences in {took:.1f} s",
+                file=sys.stderr,
+            )
+    if progress and logged < len(parts):
+        print(
+            f"{task.name}: {len(parts) - logged} of {len(parts)} parts kept from the task log",
+            file=sys.stderr,
+        )
+    return task.score_parts(values), len(known), seconds
 
 
 def evaluate_layers(

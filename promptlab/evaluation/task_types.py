@@ -86,6 +86,60 @@ class STSTask:
         }
         return aggregate(self.name, predicted, {p.subset: p.scores for p in self.pairs})
 
+    # A `PartedTask`: a part is a range of one subset's pairs, named "subset[start:stop]"; its values are
+    # the pairs' cosines, and `score_parts` joins them in order and aggregates as `score` does.
+
+    def parts(self, max_items: int) -> list[str]:
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        return [
+            f"{p.subset}[{start}:{min(start + max_items, len(p))}]"
+            for p in self.pairs
+            for start in range(0, len(p), max_items)
+        ]
+
+    def part_sentences(self, part: str) -> list[str]:
+        pairs, start, stop = self._part(part)
+        return [*pairs.sentences1[start:stop], *pairs.sentences2[start:stop]]
+
+    def score_part(self, part: str, vectors: Vectors) -> list[float]:
+        pairs, start, stop = self._part(part)
+        cosines = cosine_pairs(
+            vectors.rows(pairs.sentences1[start:stop]), vectors.rows(pairs.sentences2[start:stop])
+        )
+        return cosines.tolist()
+
+    def score_parts(self, values: dict[str, list[float]]) -> TaskScore:
+        predicted: dict[str, list[float]] = {p.subset: [] for p in self.pairs}
+        for part in sorted(values, key=lambda name: (self._part(name)[0].subset, self._part(name)[1])):
+            pairs, start, stop = self._part(part)
+            if len(values[part]) != stop - start or len(predicted[pairs.subset]) != start:
+                raise ValueError(
+                    f"{self.name}: part {part} holds {len(values[part])} values, or a part before it is missing"
+                )
+            predicted[pairs.subset].extend(values[part])
+        for p in self.pairs:
+            if len(predicted[p.subset]) != len(p):
+                raise ValueError(
+                    f"{self.name}/{p.subset}: {len(predicted[p.subset])} of {len(p)} pairs have values"
+                )
+        return aggregate(
+            self.name,
+            {subset: np.asarray(v, dtype=np.float64) for subset, v in predicted.items()},
+            {p.subset: p.scores for p in self.pairs},
+        )
+
+    def _part(self, part: str) -> tuple[STSPairs, int, int]:
+        subset, _, bounds = part.rpartition("[")
+        pairs = next((p for p in self.pairs if p.subset == subset), None)
+        try:
+            start, stop = (int(b) for b in bounds.removesuffix("]").split(":"))
+        except ValueError:
+            pairs = None
+        if pairs is None or not 0 <= start < stop <= len(pairs):
+            raise ValueError(f"{self.name}: no part {part!r}; parts are named 'subset[start:stop]'")
+        return pairs, start, stop
+
 
 # --------------------------------------------------------------------------- reranking
 

@@ -34,7 +34,7 @@ cell's output that matches ``where``, e.g. the sweep's best template and layer) 
 `run_plan` runs the cells whose record is missing, in dependency order, ``jobs`` cells at a time (each
 command a process of its own; a cell starts once the cells it needs are done). Every step is resumable by the
 command's own means: ``eval`` reads vectors back from the embedding cache (and, given ``--task-log``, the
-tasks it finished in an earlier sitting) and refuses to overwrite a record (the runner skips an eval whose
+tasks and the parts of a task it finished in an earlier sitting) and refuses to overwrite a record (the runner skips an eval whose
 ``--output`` exists), ``sweep`` and ``search-demos`` skip the JSONL rows
 already written, and ``finetune`` continues from its last checkpoint (the runner adds ``--resume`` when the
 run folder holds one, and skips a run whose log has ended). A cell whose dependency is not done is refused
