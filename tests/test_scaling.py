@@ -288,6 +288,31 @@ def test_dry_run_prints_commands_and_costs_and_runs_nothing(env, tiny_llama_dir)
     assert recorder.calls == [] and not (env / "results").exists()
     text = "\n".join(messages)
     assert "<best.template after dev-sweep>" in text and "promptlab sweep" in text and "estimated:" in text
+    assert "kept in its task log" not in text
+
+
+def test_dry_run_says_what_an_eval_has_kept_in_its_task_log(env, tiny_llama_dir):
+    from promptlab.experiments.results import ResultsFile
+
+    raw = _plan(env, tiny_llama_dir)
+    raw["methods"]["prompteol-last"]["commands"] = [
+        "promptlab eval --model {model} --template prompteol --dtype {dtype} "
+        "--task-log {work}/last.tasks.jsonl --output {record}"
+    ]
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    (env / "work").mkdir()
+    # An earlier sitting finished STS12 (its parts, then the task) and two parts of STS13.
+    with ResultsFile(env / "work/last.tasks.jsonl", "eval-task", {"model": "m"}) as log:
+        for key in (
+            {"task": "STS12", "part": "MSRpar[0:256]"},
+            {"task": "STS12"},
+            {"task": "STS13", "part": "FNWN[0:189]"},
+            {"task": "STS13", "part": "headlines[0:256]"},
+        ):
+            log.append({"split": "test", **key}, {})
+    messages: list[str] = []
+    run_plan(plan, methods=["prompteol-last"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert "      kept in its task log: STS12 finished; 2 parts of STS13" in messages
 
 
 def test_the_cli_dry_run_of_the_shipped_plan(capsys, tmp_path):

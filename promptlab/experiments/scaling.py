@@ -569,11 +569,35 @@ def _list_cells(
             log(f"to run   {cell.name}{_cost(cell)}{after}:")
             for command in resolve(plan, cell, strict=False):
                 log(f"    {command}")
+                kept = _kept_in_task_log(command, plan.root)
+                if kept:
+                    log(f"      kept in its task log: {kept}")
         else:
             to_run.append(cell)
     if dry_run:
         log(f"estimated: {total:.1f} h for the cells to run (one machine, {threads} thread(s) each)")
     return to_run
+
+
+def _kept_in_task_log(command: str, root: Path) -> str | None:
+    """What an eval command's ``--task-log`` already holds from earlier sittings, in words; None if nothing."""
+    argv = shlex.split(command)
+    if "--task-log" not in argv[:-1]:
+        return None
+    path = root / argv[argv.index("--task-log") + 1]
+    if not path.is_file():
+        return None
+    finished: list[str] = []
+    parts: dict[str, int] = {}
+    for row in read_rows(path):
+        key = row.get("key", {})
+        if "part" in key:
+            parts[key["task"]] = parts.get(key["task"], 0) + 1
+        else:
+            finished.append(key["task"])
+    words = [f"{', '.join(finished)} finished"] if finished else []
+    words += [f"{n} part{'s' * (n > 1)} of {task}" for task, n in parts.items() if task not in finished]
+    return "; ".join(words) or None
 
 
 def _cost(cell: Cell) -> str:
