@@ -222,9 +222,14 @@ class EmbeddingCache:
 
 
 def computes(embedder) -> dict[str, Any]:
-    """What shapes `embedder`'s vectors: its `describe()` record without where the model lies, and the
-    token ids of a probe prompt (demonstrations, the tokenizer and input rules change them)."""
+    """What shapes `embedder`'s vectors: its `describe()` record without where the model or its adapter lies,
+    and the token ids of a probe prompt (demonstrations, the tokenizer and input rules change them). So a
+    moved or copied checkout keeps its cached vectors and resumes its task logs."""
     config = {k: v for k, v in embedder.describe().items() if k not in LOCATION_FIELDS}
+    if config.get(
+        "adapter_sha256"
+    ):  # the adapter's weights are named by their hash; its folder is a location
+        config.pop("adapter", None)
     return {**config, "probe_prompt_ids": list(embedder.prompts.encode(PROBE_SENTENCE).ids)}
 
 

@@ -15,6 +15,7 @@ from conftest import backend_for
 import promptlab.cache as cache_module
 from promptlab.cache import EmbeddingCache
 from promptlab.embedder import Embedder
+from promptlab.errors import PromptlabError
 
 SENTENCES = ["A man is playing a guitar.", "The cat sits.", "Two dogs run through a field!", "The cat sits."]
 MORE = ["A woman is slicing an onion.", "The cat sits."]
@@ -190,6 +191,38 @@ def test_namespace_ignores_where_the_model_lies_but_not_what_it_is():
     assert EmbeddingCache.namespace(base) == EmbeddingCache.namespace(moved)
     for key, value in [("model_file_sha256", "b"), ("template_text", "u"), ("dtype", "bfloat16")]:
         assert EmbeddingCache.namespace({**base, key: value}) != EmbeddingCache.namespace(base)
+
+
+def test_a_copied_adapter_reads_the_same_cache_and_task_log_but_other_weights_do_not(
+    tiny_llama_dir, adapter_dir, tmp_path
+):
+    import shutil
+
+    from promptlab.experiments.results import open_task_log
+
+    copy = shutil.copytree(adapter_dir, tmp_path / "elsewhere" / "best")
+    cache = tmp_path / "cache"
+
+    def read_with(folder) -> Embedder:
+        return Embedder(
+            str(tiny_llama_dir), "prompteol", layer=2, dtype="float32", adapter=str(folder), cache_dir=cache
+        )
+
+    first, moved = read_with(adapter_dir), read_with(copy)
+    assert "adapter" not in first.computes() and first.computes() == moved.computes()
+    vectors = first.encode(SENTENCES)
+    assert np.array_equal(moved.encode(SENTENCES), vectors) and moved.last_stats["embedded"] == 0
+    with open_task_log(tmp_path / "tasks.jsonl", first) as log:
+        log.append({"task": "STS12"}, {"result": {}})
+    with open_task_log(tmp_path / "tasks.jsonl", moved) as log:  # the copy resumes the log
+        assert log.done({"task": "STS12"}) is not None
+    # Other weights in the copied folder: another hash, so neither the cache nor the log is shared.
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    changed = read_with(copy)
+    assert changed.computes()["adapter_sha256"] != first.computes()["adapter_sha256"]
+    with pytest.raises(PromptlabError, match="adapter_sha256"):
+        open_task_log(tmp_path / "tasks.jsonl", changed)
 
 
 def test_cli_caches_by_default_and_no_cache_switches_it_off(tmp_path):
