@@ -40,7 +40,7 @@ def main() -> None:
 
     print("| layers | untrained weight | " + " | ".join(f"+ CSE {name}" for name in trained) + " |")
     print("|---|---:|" + "---:|" * len(trained))
-    alone = [dev_score(Combination([Member(cse, (28,), 1.0)]).encode) for cse in trained.values()]
+    alone = [dev_score(lambda batch, cse=cse: cse.encode_layers(batch, [28])[28]) for cse in trained.values()]
     print("| 28 | 0 (CSE alone) | " + " | ".join(alone) + " |", flush=True)
     for layers, weight in VARIANTS:
         scores = [
