@@ -226,9 +226,8 @@ def computes(embedder) -> dict[str, Any]:
     and the token ids of a probe prompt (demonstrations, the tokenizer and input rules change them). So a
     moved or copied checkout keeps its cached vectors and resumes its task logs."""
     config = {k: v for k, v in embedder.describe().items() if k not in LOCATION_FIELDS}
-    if config.get(
-        "adapter_sha256"
-    ):  # the adapter's weights are named by their hash; its folder is a location
+    # An adapter's weights are named by their hash; its folder is only where it lies.
+    if config.get("adapter_sha256"):
         config.pop("adapter", None)
     return {**config, "probe_prompt_ids": list(embedder.prompts.encode(PROBE_SENTENCE).ids)}
 
