@@ -111,8 +111,8 @@ class STSTask:
 
     def score_parts(self, values: dict[str, list[float]]) -> TaskScore:
         predicted: dict[str, list[float]] = {p.subset: [] for p in self.pairs}
-        for part in sorted(values, key=lambda name: (self._part(name)[0].subset, self._part(name)[1])):
-            pairs, start, stop = self._part(part)
+        spans = sorted(((*self._part(part), part) for part in values), key=lambda s: (s[0].subset, s[1]))
+        for pairs, start, stop, part in spans:
             if len(values[part]) != stop - start or len(predicted[pairs.subset]) != start:
                 raise ValueError(
                     f"{self.name}: part {part} holds {len(values[part])} values, or a part before it is missing"
