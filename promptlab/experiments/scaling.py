@@ -455,10 +455,18 @@ def default_execute(argv: list[str], threads: int) -> int:
     return subprocess.run([sys.executable, "-m", "promptlab.cli", *argv[1:]], env=env).returncode
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in ``argv``; None when the flag is absent or has no value."""
+    if flag not in argv[:-1]:
+        return None
+    return argv[argv.index(flag) + 1]
+
+
 def _finetune_dir(argv: list[str], root: Path) -> Path | None:
     """The run folder of a ``promptlab finetune CONFIG [--output-dir D]`` command."""
-    if "--output-dir" in argv:
-        return root / argv[argv.index("--output-dir") + 1]
+    output_dir = _flag_value(argv, "--output-dir")
+    if output_dir is not None:
+        return root / output_dir
     config = root / argv[2]
     if not config.is_file():
         return None
@@ -475,9 +483,9 @@ def step_argv(argv: list[str], root: Path) -> list[str] | None:
     """``argv`` as the runner runs it now: None when the step is already done, ``--resume`` added to a
     fine-tuning run that stopped part-way."""
     verb = argv[1] if len(argv) > 1 else ""
-    if verb == "eval" and "--output" in argv:
-        if (root / argv[argv.index("--output") + 1]).exists():
-            return None  # a finished record is never overwritten
+    record = _flag_value(argv, "--output")
+    if verb == "eval" and record is not None and (root / record).exists():
+        return None  # a finished record is never overwritten
     if verb == "finetune":
         folder = _finetune_dir(argv, root)
         if folder is not None and _finished_training(folder):
@@ -581,15 +589,12 @@ def _list_cells(
 
 def _kept_in_task_log(command: str, root: Path) -> str | None:
     """What an eval command's ``--task-log`` already holds from earlier sittings, in words; None if nothing."""
-    argv = shlex.split(command)
-    if "--task-log" not in argv[:-1]:
-        return None
-    path = root / argv[argv.index("--task-log") + 1]
-    if not path.is_file():
+    log = _flag_value(shlex.split(command), "--task-log")
+    if log is None or not (root / log).is_file():
         return None
     finished: list[str] = []
     parts: dict[str, int] = {}
-    for row in read_rows(path):
+    for row in read_rows(root / log):
         key = row.get("key", {})
         if "part" in key:
             parts[key["task"]] = parts.get(key["task"], 0) + 1
