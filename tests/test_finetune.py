@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,13 @@ from promptlab.finetune.data import (
     simcse_csv,
     stsb_pairs,
 )
-from promptlab.finetune.lora import add_lora, block_linear_suffixes, blocks_below, resolve_targets
+from promptlab.finetune.lora import (
+    add_lora,
+    block_linear_suffixes,
+    block_stack,
+    blocks_below,
+    resolve_targets,
+)
 from promptlab.finetune.objectives import encode_with_grad, false_negatives, info_nce, template_only_batch
 from promptlab.finetune.trainer import Trainer
 
@@ -482,12 +489,13 @@ def run_until(trainer, stop_at: int | None, *, resume: bool = False):
     return trainer
 
 
-@pytest.mark.parametrize("layout", ["current", "format 2"])
+@pytest.mark.parametrize("layout", ["current", "format 2", "resumed with gradient checkpointing"])
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, tiny_llama, layout):
     def run(folder: str, *, stop_at: int | None = None, resume: bool = False):
         cfg = config(
-            tmp_path, senteval, output_dir=str(tmp_path / folder), steps=7, save_every=2, lora_dropout=0.2
-        )
+            tmp_path, senteval, output_dir=str(tmp_path / folder), steps=7, save_every=2, lora_dropout=0.2,
+            gradient_checkpointing=resume and layout == "resumed with gradient checkpointing",
+        )  # fmt: skip
         trainer = Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY[:6]))
         return run_until(trainer, stop_at, resume=resume)
 
@@ -511,6 +519,79 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, senteval, ti
     ]
     assert events[:4] == ["start", "step", "step", "step"] and events[4] == "eval"
     assert "resume" in events and events[-1] == "end"
+
+
+def block_calls(model: torch.nn.Module, num_layers: int) -> list[int]:
+    """Forward calls of each transformer block from now on, counted as they start (a rerun block counts again;
+    checkpointing may stop a rerun early, once it has what the backward needs)."""
+    stack = model.get_submodule(block_stack(model, num_layers))
+    calls = [0] * len(stack)
+    for index, block in enumerate(stack):
+        block.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_gradient_checkpointing_reruns_only_the_trained_blocks_and_keeps_the_gradients(
+    tmp_path, senteval, tokenizer_dir, quantization
+):
+    if quantization == "nf4":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+
+    def one_step(recompute: bool):
+        cfg = config(
+            tmp_path / str(recompute), senteval, model=str(tokenizer_dir), dtype="float32",
+            quantization=quantization, lora_layers=1, lora_dropout=0.2, gradient_checkpointing=recompute,
+        )  # fmt: skip
+        trainer = Trainer(cfg, data=TrainingData(TOY))
+        calls = block_calls(trainer.model, trainer.backend.num_layers)
+        trainer.model.train()
+        torch.manual_seed(1)  # the same LoRA dropout masks in both runs
+        loss = trainer.objective.loss(trainer.batch(0))
+        forward_calls = list(calls)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.item(), grads, forward_calls, calls
+
+    loss, grads, forward, after_backward = one_step(False)
+    loss_rc, grads_rc, forward_rc, after_backward_rc = one_step(True)
+    # 2 blocks, LoRA on the top one: only it is rerun in the backward; the frozen block below is not.
+    assert forward == forward_rc == after_backward and forward[0] == forward[1] > 0
+    assert after_backward_rc == [forward[0], 2 * forward[1]]
+    assert loss_rc == loss and grads_rc.keys() == grads.keys() and len(grads) > 2
+    assert all(grad.abs().sum() > 0 for name, grad in grads.items() if "lora_B" in name)  # A's are 0 at B = 0
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_rc[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_refused(tmp_path, senteval, tiny_llama):
+    model, tokenizer = fresh(tiny_llama)
+    model.supports_gradient_checkpointing = False  # as a model class that does not implement it
+    cfg = config(tmp_path, senteval, gradient_checkpointing=True)
+    with pytest.raises(
+        PromptlabError, match="does not support gradient checkpointing; set gradient_checkpointing = false"
+    ):
+        Trainer(cfg, backend=backend_for((model, tokenizer)), data=TrainingData(TOY))
+
+
+def test_the_memory_benchmark_runs_a_config_with_and_without_gradient_checkpointing(
+    tmp_path, senteval, tokenizer_dir
+):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import finetune_memory
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(
+        f'model = "{tokenizer_dir}"\noutput_dir = "unused"\ndtype = "float32"\ndata = ["sick-train"]\n'
+        f'data_dir = "{senteval}"\nholdout = "none"\nbatch_size = 4\nsteps = 50\nnum_threads = 1\n'
+    )
+    output = tmp_path / "record.json"
+    assert finetune_memory.main([str(config_file), "--steps", "1", "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert set(record["runs"]) == {"plain", "gradient checkpointing"}
+    for run in [record["load_only"], *record["runs"]["plain"], *record["runs"]["gradient checkpointing"]]:
+        assert run["peak_rss_mib"] > 100 and run["seconds_per_step"] > 0
+    assert set(record["ratio_checkpointing_over_plain"]) == {"peak_rss_mib", "seconds_per_step"}
 
 
 class _WritesMarker:

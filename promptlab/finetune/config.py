@@ -23,7 +23,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "linear")
 
 # Changing these between an interrupted run and its resumption would make the resumed run a different one.
-RESUMABLE_CHANGES = ("steps", "epochs", "max_minutes", "num_threads", "output_dir")
+# gradient_checkpointing changes memory and time only: the gradients are the same.
+RESUMABLE_CHANGES = ("steps", "epochs", "max_minutes", "num_threads", "output_dir", "gradient_checkpointing")
 
 
 @dataclass
@@ -139,6 +140,14 @@ class FinetuneConfig:
         default=None, metadata={"help": "stop (and say so in the log) after this much training wall time"}
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (None: leave it)"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "keep only each block's input in the forward pass and recompute the trained blocks in the "
+            "backward: activation memory of one block instead of all, the same gradients, the trained "
+            "blocks run forward twice"
+        },
+    )
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:

@@ -145,6 +145,24 @@ def scoring_mode(model: nn.Module):
         model.train(was_training)
 
 
+# -- activation memory ---------------------------------------------------------------------------------------
+def recompute_activations(model: nn.Module) -> None:
+    """Gradient checkpointing on every block: the forward keeps each block's input only, the backward reruns
+    the trained blocks (their dropout masks replayed from the saved RNG state), so the gradients are unchanged.
+
+    Non-reentrant checkpointing (torch's recommended kind) needs no gradient on the input embeddings, so the
+    hook transformers adds for the reentrant kind is removed: the frozen blocks below the adapter then record
+    no graph, and are neither kept nor rerun (the backward still stops at the lowest trained block).
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise PromptlabError(
+            f"{type(model).__name__} does not support gradient checkpointing; set gradient_checkpointing = "
+            "false (and a smaller batch_size or lora_layers if memory runs short)."
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
+
+
 # -- LoRA / QLoRA ----------------------------------------------------------------------------------------
 def add_lora(
     backend: TrainableBackend,

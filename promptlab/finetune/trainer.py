@@ -40,7 +40,14 @@ from promptlab.demonstrations import resolve_demonstration
 from promptlab.errors import PromptlabError
 from promptlab.finetune.config import FinetuneConfig
 from promptlab.finetune.data import Example, TrainingData, build_training_data
-from promptlab.finetune.lora import adapter_weights, add_lora, blocks_below, save_adapter, scoring_mode
+from promptlab.finetune.lora import (
+    adapter_weights,
+    add_lora,
+    blocks_below,
+    recompute_activations,
+    save_adapter,
+    scoring_mode,
+)
 from promptlab.finetune.objectives import Objective
 
 STATE = "trainer_state.pt"
@@ -217,6 +224,8 @@ class Trainer:
             blocks=blocks_below(self.view.layer_index, backend.num_layers, config.lora_layers),
         )
         self.model = backend.model
+        if config.gradient_checkpointing:
+            recompute_activations(self.model)
         if config.objective == "dropout" and not _has_model_dropout(self.model):
             raise PromptlabError(
                 "objective 'dropout' uses the model's dropout noise as the two views, but this model has no "
