@@ -315,6 +315,28 @@ def test_dry_run_says_what_an_eval_has_kept_in_its_task_log(env, tiny_llama_dir)
     assert "      kept in its task log: STS12 finished; 2 parts of STS13" in messages
 
 
+def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):
+    raw = _plan(env, tiny_llama_dir)
+    (env / "cse.toml").write_text(f'model = "{tiny_llama_dir}"\noutput_dir = "runs/cse"\n', encoding="utf-8")
+    raw["methods"]["cse"] = {
+        "train": True,
+        "commands": [
+            "promptlab finetune cse.toml",
+            "promptlab eval --model {model} --adapter runs/cse/best --dtype {dtype} --output {record}",
+        ],
+    }
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    messages: list[str] = []
+    run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert not any("kept in its run folder" in m for m in messages)
+    checkpoint = env / "runs/cse/checkpoint-last"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "promptlab_adapter.json").write_text(json.dumps({"step": 12, "dev_spearman": None}))
+    messages.clear()
+    run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert "      kept in its run folder: a checkpoint at step 12, where it resumes" in messages
+
+
 def test_the_cli_dry_run_of_the_shipped_plan(capsys, tmp_path):
     # The shipped plan under an empty root: every cell still to run, whatever the study has done so far.
     (tmp_path / "experiments/scaling").mkdir(parents=True)
@@ -384,6 +406,11 @@ def test_steps_resume_by_their_own_means_and_never_overwrite(tmp_path):
     run.mkdir(parents=True)
     (run / "finetune.json").write_text("{}")
     (run / "log.jsonl").write_text('{"event": "start"}\n{"event": "step", "step": 1}\n')
+    # Stopped before its first checkpoint, with no adapter kept: nothing to lose, so it starts afresh.
+    assert step_argv(finetune, tmp_path) == [*finetune, "--overwrite"]
+    (run / "best").mkdir()  # an adapter but no checkpoint: left to `finetune`, which names both choices
+    assert step_argv(finetune, tmp_path) == finetune
+    (run / "checkpoint-last").mkdir()
     assert step_argv(finetune, tmp_path) == [*finetune, "--resume"]  # stopped part-way: continue it
     with (run / "log.jsonl").open("a") as log:
         log.write('{"event": "end", "stopped": "completed"}\n')

@@ -462,6 +462,9 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1]
 
 
+CHECKPOINT = "checkpoint-last"  # the resumable state a finetune run folder keeps (promptlab.finetune.trainer)
+
+
 def _finetune_dir(argv: list[str], root: Path) -> Path | None:
     """The run folder of a ``promptlab finetune CONFIG [--output-dir D]`` command."""
     output_dir = _flag_value(argv, "--output-dir")
@@ -481,7 +484,7 @@ def _finished_training(folder: Path) -> bool:
 
 def step_argv(argv: list[str], root: Path) -> list[str] | None:
     """``argv`` as the runner runs it now: None when the step is already done, ``--resume`` added to a
-    fine-tuning run that stopped part-way."""
+    fine-tuning run that stopped part-way, ``--overwrite`` to one that stopped before it saved anything."""
     verb = argv[1] if len(argv) > 1 else ""
     record = _flag_value(argv, "--output")
     if verb == "eval" and record is not None and (root / record).exists():
@@ -490,9 +493,25 @@ def step_argv(argv: list[str], root: Path) -> list[str] | None:
         folder = _finetune_dir(argv, root)
         if folder is not None and _finished_training(folder):
             return None
-        if folder is not None and (folder / "finetune.json").exists() and "--resume" not in argv:
-            return [*argv, "--resume"]
+        started = folder is not None and (folder / "finetune.json").exists()
+        if started and not {"--resume", "--overwrite"} & set(argv):
+            if (folder / CHECKPOINT).is_dir():
+                return [*argv, "--resume"]
+            if not (folder / "best").exists():  # no checkpoint and no adapter: nothing to keep
+                return [*argv, "--overwrite"]
     return argv
+
+
+def _checkpoint_step(command: str, root: Path) -> int | None:
+    """The step of the checkpoint a ``promptlab finetune`` command would resume from, if it has one."""
+    argv = shlex.split(command)
+    if len(argv) < 3 or argv[1] != "finetune":
+        return None
+    folder = _finetune_dir(argv, root)
+    meta = folder / CHECKPOINT / "promptlab_adapter.json" if folder is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    return json.loads(meta.read_text(encoding="utf-8")).get("step")
 
 
 @dataclass
@@ -580,6 +599,9 @@ def _list_cells(
                 kept = _kept_in_task_log(command, plan.root)
                 if kept:
                     log(f"      kept in its task log: {kept}")
+                step = _checkpoint_step(command, plan.root)
+                if step is not None:
+                    log(f"      kept in its run folder: a checkpoint at step {step}, where it resumes")
         else:
             to_run.append(cell)
     if dry_run:
