@@ -337,6 +337,26 @@ def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):
     assert "      kept in its run folder: a checkpoint at step 12, where it resumes" in messages
 
 
+def test_dry_run_says_what_a_sweep_and_a_search_have_kept(env, tiny_llama_dir):
+    raw = _plan(env, tiny_llama_dir)
+    raw["methods"]["demo"] = {
+        "needs": ["dev-sweep"],
+        "commands": [
+            "promptlab search-demos --model {model} --screen 2:1 --output {work}/search.jsonl",
+            "promptlab eval --model {model} --demonstration best-of:{work}/search.jsonl --output {record}",
+        ],
+    }
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    (env / "work").mkdir()
+    row = json.dumps({"kind": "sweep", "key": {"template": "prompteol", "layer": 1}, "score": 50.0})
+    (env / "work/sweep.jsonl").write_text(row + "\n" + row.replace('"layer": 1', '"layer": 2') + "\n")
+    (env / "work/search.screen.jsonl").write_text(row + "\n")
+    messages: list[str] = []
+    run_plan(plan, methods=["dev-sweep", "demo"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert "      kept in its output: 2 rows in sweep.jsonl" in messages
+    assert "      kept in its output: 1 row in search.screen.jsonl" in messages
+
+
 def test_the_cli_dry_run_of_the_shipped_plan(capsys, tmp_path):
     # The shipped plan under an empty root: every cell still to run, whatever the study has done so far.
     (tmp_path / "experiments/scaling").mkdir(parents=True)

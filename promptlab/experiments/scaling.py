@@ -596,17 +596,44 @@ def _list_cells(
             log(f"to run   {cell.name}{_cost(cell)}{after}:")
             for command in resolve(plan, cell, strict=False):
                 log(f"    {command}")
-                kept = _kept_in_task_log(command, plan.root)
-                if kept:
-                    log(f"      kept in its task log: {kept}")
-                step = _checkpoint_step(command, plan.root)
-                if step is not None:
-                    log(f"      kept in its run folder: a checkpoint at step {step}, where it resumes")
+                for kept in _kept_from_earlier_sittings(command, plan.root):
+                    log(f"      {kept}")
         else:
             to_run.append(cell)
     if dry_run:
         log(f"estimated: {total:.1f} h for the cells to run (one machine, {threads} thread(s) each)")
     return to_run
+
+
+def _kept_from_earlier_sittings(command: str, root: Path) -> list[str]:
+    """What a command will not redo, in words: an eval's task log, a finetune checkpoint, a sweep's or a
+    search's rows."""
+    kept = []
+    task_log = _kept_in_task_log(command, root)
+    if task_log:
+        kept.append(f"kept in its task log: {task_log}")
+    step = _checkpoint_step(command, root)
+    if step is not None:
+        kept.append(f"kept in its run folder: a checkpoint at step {step}, where it resumes")
+    rows = _kept_rows(command, root)
+    if rows:
+        kept.append(f"kept in its output: {rows}")
+    return kept
+
+
+def _kept_rows(command: str, root: Path) -> str | None:
+    """Rows a sweep's or a search's JSONL output, and a screened search's first round, already hold."""
+    from promptlab.experiments.search import screen_path
+
+    argv = shlex.split(command)
+    output = _flag_value(argv, "--output")
+    if len(argv) < 2 or argv[1] not in ("sweep", "search-demos") or output is None:
+        return None
+    files = [root / output]
+    if argv[1] == "search-demos":
+        files.insert(0, screen_path(root / output))
+    counts = [(sum(1 for _ in read_rows(f)), f.name) for f in files if f.is_file()]
+    return ", ".join(f"{n} row{'s' * (n != 1)} in {name}" for n, name in counts) or None
 
 
 def _kept_in_task_log(command: str, root: Path) -> str | None:
