@@ -144,8 +144,8 @@ class FinetuneConfig:
         default=False,
         metadata={
             "help": "keep only each block's input in the forward pass and recompute the trained blocks in the "
-            "backward: activation memory of one block instead of all, the same gradients, the trained "
-            "blocks run forward twice"
+            "backward: most of a batch's activation memory freed, the same gradients, the trained blocks "
+            "run forward twice"
         },
     )
 
