@@ -502,13 +502,14 @@ def step_argv(argv: list[str], root: Path) -> list[str] | None:
     return argv
 
 
-def _checkpoint_step(command: str, root: Path) -> int | None:
+def _checkpoint_step(argv: list[str], root: Path) -> int | None:
     """The step of the checkpoint a ``promptlab finetune`` command would resume from, if it has one."""
-    argv = shlex.split(command)
+    from promptlab.adapters import ADAPTER_META
+
     if len(argv) < 3 or argv[1] != "finetune":
         return None
     folder = _finetune_dir(argv, root)
-    meta = folder / CHECKPOINT / "promptlab_adapter.json" if folder is not None else None
+    meta = folder / CHECKPOINT / ADAPTER_META if folder is not None else None
     if meta is None or not meta.is_file():
         return None
     return json.loads(meta.read_text(encoding="utf-8")).get("step")
@@ -608,24 +609,24 @@ def _list_cells(
 def _kept_from_earlier_sittings(command: str, root: Path) -> list[str]:
     """What a command will not redo, in words: an eval's task log, a finetune checkpoint, a sweep's or a
     search's rows."""
+    argv = shlex.split(command)
     kept = []
-    task_log = _kept_in_task_log(command, root)
+    task_log = _kept_in_task_log(argv, root)
     if task_log:
         kept.append(f"kept in its task log: {task_log}")
-    step = _checkpoint_step(command, root)
+    step = _checkpoint_step(argv, root)
     if step is not None:
         kept.append(f"kept in its run folder: a checkpoint at step {step}, where it resumes")
-    rows = _kept_rows(command, root)
+    rows = _kept_rows(argv, root)
     if rows:
         kept.append(f"kept in its output: {rows}")
     return kept
 
 
-def _kept_rows(command: str, root: Path) -> str | None:
+def _kept_rows(argv: list[str], root: Path) -> str | None:
     """Rows a sweep's or a search's JSONL output, and a screened search's first round, already hold."""
     from promptlab.experiments.search import screen_path
 
-    argv = shlex.split(command)
     output = _flag_value(argv, "--output")
     if len(argv) < 2 or argv[1] not in ("sweep", "search-demos") or output is None:
         return None
@@ -636,9 +637,9 @@ def _kept_rows(command: str, root: Path) -> str | None:
     return ", ".join(f"{n} row{'s' * (n != 1)} in {name}" for n, name in counts) or None
 
 
-def _kept_in_task_log(command: str, root: Path) -> str | None:
+def _kept_in_task_log(argv: list[str], root: Path) -> str | None:
     """What an eval command's ``--task-log`` already holds from earlier sittings, in words; None if nothing."""
-    log = _flag_value(shlex.split(command), "--task-log")
+    log = _flag_value(argv, "--task-log")
     if log is None or not (root / log).is_file():
         return None
     finished: list[str] = []
