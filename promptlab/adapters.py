@@ -155,6 +155,13 @@ def attach_adapter(
             f"adapter {folder} was trained at layer {meta['layer']}; reading layer {layer}.", stacklevel=3
         )
     model = backend.model
+    dequantized = {}
+    if merge:
+        from promptlab.backends.quantization import dequantize_4bit_layers
+
+        # Merged exactly into the weights the 4-bit layers compute with, not quantized again (see there).
+        if dequantize_4bit_layers(model):
+            dequantized = {"adapter_merged_into": "dequantized 4-bit weights"}
     try:
         peft_model = peft.PeftModel.from_pretrained(model, str(folder))  # injects LoRA into `model` in place
     except (KeyError, ValueError, RuntimeError) as err:  # a config peft rejects, weights of other shapes
@@ -168,6 +175,7 @@ def attach_adapter(
         "adapter": str(folder),
         "adapter_sha256": _file_sha256(folder / "adapter_model.safetensors"),
         "adapter_merged": merge,
+        **dequantized,
     }
     backend.replace_model(model, info=info)
     return backend

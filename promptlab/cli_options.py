@@ -40,7 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adapter", default=None, help="a LoRA adapter folder from `promptlab finetune` (e.g. RUN/best)"
     )
-    p.add_argument("--merge-adapter", action="store_true", help="merge the --adapter into the base weights")
+    p.add_argument(
+        "--merge-adapter",
+        action="store_true",
+        help="merge the --adapter into the base weights (same vectors, no LoRA overhead; a 4-bit base is "
+        "dequantized for it, to the size of --dtype)",
+    )
     p.add_argument("--backend", default="transformers", choices=BACKENDS, help=BACKEND_HELP)
     from promptlab.backends.quantization import QUANTIZATION_HELP, QUANTIZATIONS
 

@@ -32,6 +32,7 @@ from promptlab.finetune.data import (
     stsb_pairs,
 )
 from promptlab.finetune.lora import (
+    _linear_4bit_layers,
     add_lora,
     block_linear_suffixes,
     block_stack,
@@ -851,6 +852,76 @@ def test_qlora_trains_lora_on_a_4bit_base(tmp_path, senteval, tokenizer_dir):
         ["A man."]
     )
     assert np.isfinite(vectors).all()
+
+
+def test_a_qlora_adapter_merges_into_the_dequantized_base_with_its_vectors(tmp_path, senteval, tokenizer_dir):
+    """Merged, a QLoRA adapter gives the vectors it gives on its 4-bit base (where peft's own merge would
+    quantize the sum again), from a plain float model without bitsandbytes layers."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+    cfg = config(
+        tmp_path, senteval, model=str(tokenizer_dir), quantization="nf4", dtype="float32", eval_every=0,
+        lr=5e-2,
+    )  # fmt: skip
+    Trainer(cfg, data=TrainingData(TOY)).run(progress=False)
+    adapter = str(tmp_path / "run" / "best")
+    sentences = [example.anchor for example in TOY]
+
+    def embedder(merge: bool) -> Embedder:
+        return Embedder(
+            str(tokenizer_dir), "prompteol", dtype="float32", quantization="nf4", adapter=adapter,
+            merge_adapter=merge,
+        )  # fmt: skip
+
+    on_4bit = embedder(False)
+    for layer in _linear_4bit_layers(on_4bit.backend.model):
+        layer.training = True  # the layout LoRA trained through, on every CPU (see promptlab.finetune.lora)
+    expected = on_4bit.encode(sentences)
+    merged = embedder(True)
+    assert not _linear_4bit_layers(merged.backend.model)
+    assert merged.describe()["adapter_merged_into"] == "dequantized 4-bit weights"
+    np.testing.assert_allclose(merged.encode(sentences), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+    without_adapter = Embedder(str(tokenizer_dir), "prompteol", dtype="float32", quantization="nf4")
+    assert np.abs(without_adapter.encode(sentences) - expected).max() > 100 * 2e-5 * np.abs(expected).max()
+
+
+def test_merging_into_4bit_layers_bitsandbytes_repacked_is_refused(tokenizer_dir):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+    from promptlab.backends.quantization import dequantize_4bit_layers
+
+    backend = load_backend("transformers", str(tokenizer_dir), dtype="float32", quantization="nf4")
+    # As bitsandbytes marks a layer it repacked on an AVX512-BF16 CPU's first inference forward.
+    _linear_4bit_layers(backend.model)[0].weight.quant_state.packing_format_for_cpu = True
+    with pytest.raises(PromptlabError, match="repacked by bitsandbytes .* merge the adapter into a freshly"):
+        dequantize_4bit_layers(backend.model)
+
+
+def test_the_adapter_merge_benchmark_times_a_qlora_adapter_apart_and_merged(
+    tmp_path, senteval, tokenizer_dir
+):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import adapter_merge
+
+    cfg = config(tmp_path, senteval, model=str(tokenizer_dir), quantization="nf4", dtype="float32", steps=2)
+    Trainer(cfg, data=TrainingData(TOY)).run(progress=False)
+    output = tmp_path / "merge.json"
+    argv = [
+        "--model",
+        str(tokenizer_dir),
+        "--adapter",
+        str(tmp_path / "run" / "best"),
+        "--quantization",
+        "nf4",
+    ]
+    argv += ["--sentences", "6", "--threads", "1", "--data-dir", str(senteval), "--output", str(output)]
+    assert adapter_merge.main(argv) == 0
+    record = json.loads(output.read_text())
+    assert list(record["rows"]) == ["apart", "merged", "base"] and record["sentences"] == 6
+    assert all(
+        row["sentences_per_second"] > 0 and row["peak_rss_mib"] > 100 for row in record["rows"].values()
+    )
+    assert record["merged_vs_apart"]["min_cosine"] > 0.999
+    assert "| merged |" in output.with_suffix(".md").read_text()
 
 
 def test_qlora_gradients_are_unchanged_by_a_dev_score(tmp_path, senteval, tokenizer_dir):

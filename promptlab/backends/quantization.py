@@ -168,6 +168,51 @@ def finish_loading(model, name: str, device: str):
     return _quantize_int8_weights(model.to(device))
 
 
+def dequantize_4bit_layers(model) -> int:
+    """Replace each bitsandbytes 4-bit linear layer of ``model`` by an ``nn.Linear`` holding its weight
+    dequantized to the layer's compute dtype (in place); return how many were replaced.
+
+    On a CPU without AVX512-BF16 a 4-bit layer computes exactly this (it dequantizes, then multiplies in
+    its compute dtype), and a QLoRA adapter was trained through it everywhere. So a LoRA adapter merged into
+    the dequantized weights gives the vectors of the adapter on its 4-bit base; peft's own merge into a 4-bit
+    layer quantizes the sum again and moves them (cosine about 0.999). The price is memory: the weights of a
+    float32 model instead of a quarter of a byte per parameter.
+    """
+    import torch
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            state = getattr(getattr(child, "weight", None), "quant_state", None)
+            if state is None or not type(child).__module__.startswith("bitsandbytes"):
+                continue
+            if getattr(state, "packing_format_for_cpu", False):
+                raise PromptlabError(
+                    "the 4-bit layers of this model were repacked by bitsandbytes for inference (it embedded "
+                    "before the adapter was merged), which cannot be undone exactly; merge the adapter into "
+                    "a freshly loaded model (pass --adapter and --merge-adapter when loading it)."
+                )
+            import bitsandbytes.functional as bnb_functional
+
+            dtype = getattr(child, "compute_dtype", None) or state.dtype
+            weight = bnb_functional.dequantize_4bit(child.weight.data, state).to(dtype)
+            linear = torch.nn.Linear(
+                weight.shape[1],
+                weight.shape[0],
+                bias=child.bias is not None,
+                device=weight.device,
+                dtype=dtype,
+            )
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias.to(dtype))
+            linear.requires_grad_(False)
+            setattr(parent, child_name, linear)
+            replaced += 1
+    return replaced
+
+
 def bitsandbytes_config(name: str, compute_dtype: Any) -> Any:
     """The ``BitsAndBytesConfig`` for ``int8`` | ``nf4`` | ``fp4``; 4-bit computes in ``compute_dtype``."""
     from transformers import BitsAndBytesConfig
