@@ -57,3 +57,20 @@ def lora_with_weights(backend, seed: int):
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     return peft_model
+
+
+def save_tiny_llama_64(folder) -> None:
+    """Save a tiny LLaMA with hidden size 64 and its tokenizer in ``folder`` (bitsandbytes' 4-bit blocks need
+    at least 64 inputs, more than the conftest models have)."""
+    import torch
+    from conftest import _bpe_tokenizer
+    from transformers import LlamaConfig, LlamaModel
+
+    tokenizer = _bpe_tokenizer(bos=None)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    LlamaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

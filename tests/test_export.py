@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 from conftest import CORPUS  # noqa: E402
-from helpers import lora_with_weights  # noqa: E402
+from helpers import lora_with_weights, save_tiny_llama_64  # noqa: E402
 
 from promptlab.embedder import Embedder  # noqa: E402
 from promptlab.errors import PromptlabError  # noqa: E402
@@ -138,3 +138,39 @@ def test_packaged_smollm2_export_and_reload(tmp_path):
     np.testing.assert_array_equal(Embedder.load(tmp_path / "saved").encode(SENTENCES), expected)
     folder = export_sentence_transformers(embedder, tmp_path / "st")
     assert cosines(load(folder).encode(SENTENCES), expected).min() >= 0.9999
+
+
+def test_a_qlora_embedder_is_exported_with_its_dequantized_weights(tmp_path):
+    """A 4-bit embedder with its adapter: the folder holds the 4-bit weights dequantized, the adapter merged,
+    so it gives the embedder's vectors (the original full-precision weights would give others)."""
+    pytest.importorskip("bitsandbytes", reason="4-bit bases need the [quant] extra (bitsandbytes)")
+    pytest.importorskip("peft")
+    from promptlab.adapters import base_identity
+    from promptlab.backends import load_backend
+    from promptlab.finetune.lora import save_adapter
+
+    model_dir = tmp_path / "tiny-llama-64"
+    save_tiny_llama_64(model_dir)
+    backend = load_backend("transformers", str(model_dir), dtype="float32")
+    meta = {"base": base_identity(backend), "layer": -1, "config": {"model": str(model_dir)}}
+    save_adapter(lora_with_weights(backend, seed=3), tmp_path / "adapter", meta)
+    options = dict(dtype="float32", quantization="nf4", adapter=str(tmp_path / "adapter"))
+    embedder = Embedder(str(model_dir), "prompteol", **options, merge_adapter=True)
+    expected = embedder.encode(SENTENCES)
+    on_full_weights = Embedder(str(model_dir), "prompteol", dtype="float32", adapter=options["adapter"])
+    assert cosines(on_full_weights.encode(SENTENCES), expected).min() < 0.9999, "4-bit weights move them"
+    # Exported from the unmerged embedder: the export merges on its own copy.
+    folder = export_sentence_transformers(Embedder(str(model_dir), "prompteol", **options), tmp_path / "st")
+    shutil.rmtree(tmp_path / "adapter")
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config
+    served = load(folder).encode(SENTENCES)
+    assert cosines(served, expected).min() >= 0.99999
+    np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_an_int8_embedder_is_not_exported(tiny_llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="int8 needs the [quant] extra (bitsandbytes)")
+    embedder = Embedder(str(tiny_llama_dir), "prompteol", dtype="float32", quantization="int8")
+    with pytest.raises(PromptlabError, match="int8-quantized embedder cannot be exported .* nf4 or fp4 base"):
+        export_sentence_transformers(embedder, tmp_path / "st")

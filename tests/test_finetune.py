@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import backend_for
+from helpers import save_tiny_llama_64
 
 from promptlab.backends import load_backend
 from promptlab.embedder import Embedder
@@ -964,18 +965,8 @@ def test_qlora_gradients_are_unchanged_by_a_dev_score(tmp_path, senteval, tokeni
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A saved tiny LLaMA with hidden size 64 (bitsandbytes' 4-bit blocks need at least 64 inputs)."""
-    from conftest import _bpe_tokenizer
-    from transformers import LlamaConfig, LlamaModel
-
-    tokenizer = _bpe_tokenizer(bos=None)
-    torch.manual_seed(0)
-    config_ = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )  # fmt: skip
     folder = tmp_path_factory.mktemp("tiny-llama-64")
-    LlamaModel(config_).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_llama_64(folder)
     return folder
 
 

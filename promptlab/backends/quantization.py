@@ -41,17 +41,19 @@ class Quantization:
     library: str  # the package whose kernels run it: "bitsandbytes" | "torchao"
     summary: str  # what it is, for --help
     at_load: bool  # True: a ``quantization_config`` for ``from_pretrained``; False: rewrites a loaded model
+    four_bit: bool = False  # bitsandbytes 4-bit layers: `dequantize_4bit_layers` gives their exact weights
 
 
 QUANTIZATIONS: dict[str, Quantization] = {
     q.name: q
     for q in (
         Quantization("int8", "bitsandbytes", "LLM.int8", at_load=True),
-        Quantization("nf4", "bitsandbytes", "4-bit NormalFloat", at_load=True),
-        Quantization("fp4", "bitsandbytes", "4-bit float", at_load=True),
+        Quantization("nf4", "bitsandbytes", "4-bit NormalFloat", at_load=True, four_bit=True),
+        Quantization("fp4", "bitsandbytes", "4-bit float", at_load=True, four_bit=True),
         Quantization("int8-weight-only", "torchao", "int8 weights, activations unquantized", at_load=False),
     )
 }
+FOUR_BIT = tuple(q.name for q in QUANTIZATIONS.values() if q.four_bit)
 QUANTIZATION_HELP = "; ".join(f"{q.name}: {q.summary} ({q.library})" for q in QUANTIZATIONS.values())
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptlab.artifact import template_record
+from promptlab.backends.quantization import FOUR_BIT
 from promptlab.errors import PromptlabError
 
 if TYPE_CHECKING:
@@ -59,16 +60,23 @@ def module_config(embedder: Embedder) -> dict[str, Any]:
 
 
 def _merged_model(embedder: Embedder, dtype: str):
-    """A fresh copy of the embedder's model in ``dtype``, its adapter (if any) merged into the weights."""
+    """A fresh copy of the embedder's model in ``dtype``, its adapter (if any) merged into the weights.
+
+    A 4-bit (nf4/fp4) embedder is exported with the weights its layers compute with, dequantized to
+    ``dtype``: a QLoRA adapter was trained on those, and the original full-precision weights would give other
+    vectors.
+    """
     from transformers import AutoModel
 
     from promptlab.backends.transformers import torch_dtype
 
     described = embedder.describe()
-    if described.get("quantization"):
+    quantization = described.get("quantization")
+    if quantization and quantization not in FOUR_BIT:
         raise PromptlabError(
-            f"a {described['quantization']}-quantized embedder cannot be exported for sentence-transformers; "
-            "export it without --quantization (the folder then holds the full-precision weights)."
+            f"a {quantization}-quantized embedder cannot be exported for sentence-transformers; export it "
+            f"without --quantization (the folder then holds the full-precision weights), or from a "
+            f"{' or '.join(FOUR_BIT)} base (exported dequantized)."
         )
     path = described.get("model_path")
     if not path:
@@ -80,7 +88,18 @@ def _merged_model(embedder: Embedder, dtype: str):
         path, revision=described.get("model_revision"), dtype=torch_dtype(dtype)
     )
     adapter = described.get("adapter")
-    if adapter:
+    if quantization:
+        from promptlab.adapters import attach_adapter
+        from promptlab.backends import load_backend
+        from promptlab.backends.quantization import dequantize_4bit_layers
+
+        four_bit = load_backend("transformers", path, dtype=dtype, quantization=quantization)
+        if adapter:
+            attach_adapter(four_bit, adapter, merge=True)  # dequantizes, then merges exactly
+        else:
+            dequantize_4bit_layers(four_bit.model)
+        model.load_state_dict(four_bit.model.state_dict())
+    elif adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
