@@ -84,7 +84,8 @@ class Embedder:
         max_length: token budget per prompt; longer sentences are cut inside the slot.
         adapter: a LoRA adapter folder from `promptlab finetune` (its base must be this model).
         merge_adapter: fold the adapter into the base weights (same vectors, no LoRA overhead; a 4-bit base
-            is dequantized to its compute dtype for it, so it takes that dtype's memory).
+            is dequantized to its compute dtype for it, so it takes that dtype's memory; into an int8 base peft
+            quantizes the merged weights again, which moves the vectors slightly).
         quantization: ``int8`` | ``nf4`` | ``fp4`` (bitsandbytes) when loading ``model`` from a spec.
         prefix_cache: run the token prefix all prompts of a call share once (decoders; same vectors).
         cache_dir: keep vectors on disk there and reuse them (see `promptlab.cache`); None: no disk cache.
