@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import sample_sentences, spawn  # noqa: E402
+from bench import cpu_name, sample_sentences, spawn  # noqa: E402
 
 ROWS = ("apart", "merged", "base")
 
@@ -76,7 +76,7 @@ def markdown(record: dict) -> str:
     lines = [
         f"{record['model']}, adapter {record['adapter']}, quantization {record['quantization']}, dtype "
         f"{record['dtype']}; {record['sentences']} STS test sentences (seed {record['seed']}), "
-        f"{record['threads']} thread(s); {record['cpu']}; {record['measured']}",
+        f"{record['threads']} thread(s); {record['cpu']}; {record['measured']}, commit {record['commit']}",
         "",
         "| row | sentences/s | ratio to apart | peak RSS MiB | load s |",
         "|---|---:|---:|---:|---:|",
@@ -140,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         "sentences": len(sentences),
         "seed": args.seed,
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or None,
         "rows": {},
     }
     vectors = {}

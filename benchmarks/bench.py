@@ -74,6 +74,17 @@ def sample_sentences(data_dir: str | None, pairs: int, seed: int) -> list[str]:
     return [s for i in chosen for s in everything[i]]
 
 
+def cpu_name() -> str:
+    """The CPU's model name, core count and the matmul instruction sets torch can use (for the record)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    isa = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in text]
+    return (
+        f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX512/AMX'}"
+    )
+
+
 # -- peak ------------------------------------------------------------------------------------------------
 # Square matmuls of two sizes and one skinny linear-layer shape (M x N x K). A single 1024-wide square
 # understates this CPU's bf16 peak by half (0.95-1.15 TFLOP/s against 1.8-2.4 for the others), which

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import matmul_peak, non_embedding_params, spawn  # noqa: E402
+from bench import cpu_name, matmul_peak, non_embedding_params, spawn  # noqa: E402
 
 # The quantized rows compute in float32, so their difference to fp32 is the weights' quantization alone.
 CONFIGS = {
@@ -81,17 +81,6 @@ def paired_bootstrap(cosines: dict, reference: dict, gold: dict, *, rounds: int,
         deltas.append(100 * total / len(gold))
     low, high = np.percentile(deltas, [2.5, 97.5])
     return float(low), float(high)
-
-
-def cpu_name() -> str:
-    """The CPU's model name, core count and the matmul instruction sets torch can use (for the record)."""
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    isa = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in text]
-    return (
-        f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX512/AMX'}"
-    )
 
 
 def child(args) -> int:
