@@ -325,7 +325,9 @@ def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):
             "promptlab eval --model {model} --adapter runs/cse/best --dtype {dtype} --output {record}",
         ],
     }
+    raw["models"][str(tiny_llama_dir)].update(eval_hours=1.0, train_hours=0.5)
     plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    cell = f"{tiny_llama_dir}/cse"
     messages: list[str] = []
     run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
     assert not any("kept in its run folder" in m for m in messages)
@@ -335,6 +337,16 @@ def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):
     messages.clear()
     run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
     assert "      kept in its run folder: a checkpoint at step 12, where it resumes" in messages
+    assert f"to run   {cell} (~1.5 h):" in messages  # training (0.5 h) and eval (1 x 1.0 h) still to run
+    # The training finished (its checkpoint kept or not): only the eval is left, and counted.
+    (env / "runs/cse/log.jsonl").write_text(json.dumps({"event": "end", "stopped": "completed"}) + "\n")
+    messages.clear()
+    run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert (
+        "      kept in its run folder: the finished training and its adapter; only the eval is left"
+        in messages
+    )
+    assert f"to run   {cell} (~1.0 h):" in messages and not any("checkpoint at step" in m for m in messages)
 
 
 def test_dry_run_says_what_a_sweep_and_a_search_have_kept(env, tiny_llama_dir):

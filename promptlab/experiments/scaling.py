@@ -590,11 +590,11 @@ def _list_cells(
             report.held.append(cell.name)
             log(f"held     {cell.name}: {cell.held}")
         elif dry_run:
-            hours = cell.hours()
+            hours = _hours_left(plan, cell)
             total += hours or 0.0
             missing = [n for n in cell.method.needs if not plan.find(cell.model, n).done()]
             after = f" after {', '.join(missing)}" if missing else ""
-            log(f"to run   {cell.name}{_cost(cell)}{after}:")
+            log(f"to run   {cell.name}{_cost(hours)}{after}:")
             for command in resolve(plan, cell, strict=False):
                 log(f"    {command}")
                 for kept in _kept_from_earlier_sittings(command, plan.root):
@@ -615,7 +615,9 @@ def _kept_from_earlier_sittings(command: str, root: Path) -> list[str]:
     if task_log:
         kept.append(f"kept in its task log: {task_log}")
     step = _checkpoint_step(argv, root)
-    if step is not None:
+    if _finished_finetune(argv, root):
+        kept.append("kept in its run folder: the finished training and its adapter; only the eval is left")
+    elif step is not None:
         kept.append(f"kept in its run folder: a checkpoint at step {step}, where it resumes")
     rows = _kept_rows(argv, root)
     if rows:
@@ -655,8 +657,25 @@ def _kept_in_task_log(argv: list[str], root: Path) -> str | None:
     return "; ".join(words) or None
 
 
-def _cost(cell: Cell) -> str:
+def _finished_finetune(argv: list[str], root: Path) -> bool:
+    """Whether ``argv`` is a ``promptlab finetune`` command whose run folder holds a finished training."""
+    if len(argv) < 3 or argv[1] != "finetune":
+        return False
+    folder = _finetune_dir(argv, root)
+    return folder is not None and _finished_training(folder)
+
+
+def _hours_left(plan: Plan, cell: Cell) -> float | None:
+    """The cell's estimated hours, without its training once the training finished in an earlier sitting."""
     hours = cell.hours()
+    if hours is not None and cell.method.train:
+        commands = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
+        if any(_finished_finetune(argv, plan.root) for argv in commands):
+            hours -= cell.model.train_hours or 0.0
+    return hours
+
+
+def _cost(hours: float | None) -> str:
     return "" if hours is None else f" (~{hours:.1f} h)"
 
 
@@ -693,7 +712,7 @@ def _schedule(
                         f"run --models {cell.model.name} --methods {','.join(names)} first."
                     )
                     continue
-                log(f"running  {cell.name}{_cost(cell)}")
+                log(f"running  {cell.name}{_cost(_hours_left(plan, cell))}")
                 running[pool.submit(run_cell, cell)] = cell
             if not running:
                 continue  # only refusals were left to find
