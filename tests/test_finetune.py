@@ -21,6 +21,7 @@ from conftest import backend_for
 from helpers import save_tiny_llama_64
 
 from promptlab.backends import load_backend
+from promptlab.backends.quantization import linear_4bit_layers
 from promptlab.embedder import Embedder
 from promptlab.errors import PromptlabError
 from promptlab.finetune.config import FinetuneConfig, parse_override
@@ -33,7 +34,6 @@ from promptlab.finetune.data import (
     stsb_pairs,
 )
 from promptlab.finetune.lora import (
-    _linear_4bit_layers,
     add_lora,
     block_linear_suffixes,
     block_stack,
@@ -874,11 +874,11 @@ def test_a_qlora_adapter_merges_into_the_dequantized_base_with_its_vectors(tmp_p
         )  # fmt: skip
 
     on_4bit = embedder(False)
-    for layer in _linear_4bit_layers(on_4bit.backend.model):
+    for layer in linear_4bit_layers(on_4bit.backend.model):
         layer.training = True  # the layout LoRA trained through, on every CPU (see promptlab.finetune.lora)
     expected = on_4bit.encode(sentences)
     merged = embedder(True)
-    assert not _linear_4bit_layers(merged.backend.model)
+    assert not linear_4bit_layers(merged.backend.model)
     assert merged.describe()["adapter_merged_into"] == "dequantized 4-bit weights"
     np.testing.assert_allclose(merged.encode(sentences), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
     without_adapter = Embedder(str(tokenizer_dir), "prompteol", dtype="float32", quantization="nf4")
@@ -891,7 +891,7 @@ def test_merging_into_4bit_layers_bitsandbytes_repacked_is_refused(tokenizer_dir
 
     backend = load_backend("transformers", str(tokenizer_dir), dtype="float32", quantization="nf4")
     # As bitsandbytes marks a layer it repacked on an AVX512-BF16 CPU's first inference forward.
-    _linear_4bit_layers(backend.model)[0].weight.quant_state.packing_format_for_cpu = True
+    linear_4bit_layers(backend.model)[0].weight.quant_state.packing_format_for_cpu = True
     with pytest.raises(PromptlabError, match="repacked by bitsandbytes .* merge the adapter into a freshly"):
         dequantize_4bit_layers(backend.model)
 

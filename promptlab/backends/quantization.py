@@ -170,6 +170,27 @@ def finish_loading(model, name: str, device: str):
     return _quantize_int8_weights(model.to(device))
 
 
+def is_4bit_layer(module) -> bool:
+    """Whether ``module`` is one of bitsandbytes' own 4-bit linear layers (not peft's LoRA wrapper around one,
+    which shows the same weight)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__module__.startswith("bitsandbytes")
+        and getattr(weight, "quant_state", None) is not None
+    )
+
+
+def linear_4bit_layers(model) -> list:
+    """The bitsandbytes 4-bit linear layers of ``model``."""
+    return [m for m in model.modules() if is_4bit_layer(m)]
+
+
+def repacked_for_inference(layer) -> bool:
+    """Whether bitsandbytes repacked this 4-bit layer's weight into its CPU inference layout (it does so on
+    the first forward in eval mode without grad on a CPU with AVX512-BF16); that cannot be undone exactly."""
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
 def dequantize_4bit_layers(model) -> int:
     """Replace each bitsandbytes 4-bit linear layer of ``model`` by an ``nn.Linear`` holding its weight
     dequantized to the layer's compute dtype (in place); return how many were replaced.
@@ -180,24 +201,23 @@ def dequantize_4bit_layers(model) -> int:
     layer quantizes the sum again and moves them (cosine about 0.999). The price is memory: the weights of a
     float32 model instead of a quarter of a byte per parameter.
     """
+    if any(repacked_for_inference(layer) for layer in linear_4bit_layers(model)):
+        raise PromptlabError(
+            "the 4-bit layers of this model were repacked by bitsandbytes for inference (it embedded before "
+            "the adapter was merged), which cannot be undone exactly; merge the adapter into a freshly loaded "
+            "model (pass --adapter and --merge-adapter when loading it)."
+        )
     import torch
 
     replaced = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            state = getattr(getattr(child, "weight", None), "quant_state", None)
-            if state is None or not type(child).__module__.startswith("bitsandbytes"):
+            if not is_4bit_layer(child):
                 continue
-            if getattr(state, "packing_format_for_cpu", False):
-                raise PromptlabError(
-                    "the 4-bit layers of this model were repacked by bitsandbytes for inference (it embedded "
-                    "before the adapter was merged), which cannot be undone exactly; merge the adapter into "
-                    "a freshly loaded model (pass --adapter and --merge-adapter when loading it)."
-                )
             import bitsandbytes.functional as bnb_functional
 
-            dtype = getattr(child, "compute_dtype", None) or state.dtype
-            weight = bnb_functional.dequantize_4bit(child.weight.data, state).to(dtype)
+            dtype = getattr(child, "compute_dtype", None) or child.weight.quant_state.dtype
+            weight = bnb_functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
             linear = torch.nn.Linear(
                 weight.shape[1],
                 weight.shape[0],

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from promptlab.adapters import ADAPTER_META, require
+from promptlab.backends.quantization import linear_4bit_layers, repacked_for_inference
 from promptlab.errors import PromptlabError
 
 if TYPE_CHECKING:
@@ -103,27 +104,13 @@ def blocks_below(read_layer: int, num_layers: int, count: int | None) -> range:
 # frozen base to the LoRA layers below. So training keeps 4-bit layers out of that layout: dev scores run
 # with them in train mode (they have no dropout; the flag only gates the repacking), and a model whose
 # layers were already repacked (it embedded before training) is refused when LoRA is added.
-def _linear_4bit_layers(model: nn.Module) -> list[nn.Module]:
-    """bitsandbytes' own 4-bit layers (not peft's LoRA wrappers around them, which show the same weight)."""
-    return [
-        m
-        for m in model.modules()
-        if type(m).__module__.startswith("bitsandbytes")
-        and getattr(getattr(m, "weight", None), "quant_state", None) is not None
-    ]
-
-
 def refuse_repacked_4bit(model: nn.Module) -> None:
     """Refuse to train on 4-bit layers bitsandbytes already repacked for inference (see above).
 
     bitsandbytes' own unpacking is lossy (block scales kept in bf16) and, measured with 0.50.2, wrong by
     about 20 % on layers with more inputs than outputs (down projections), so it is not an option.
     """
-    packed = [
-        layer
-        for layer in _linear_4bit_layers(model)
-        if getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
-    ]
+    packed = [layer for layer in linear_4bit_layers(model) if repacked_for_inference(layer)]
     if packed:
         raise PromptlabError(
             f"{len(packed)} 4-bit layers of this model were repacked by bitsandbytes for inference (the model "
@@ -137,7 +124,7 @@ def scoring_mode(model: nn.Module):
     """Eval mode for a dev score during training, with 4-bit layers kept trainable (see above)."""
     was_training = model.training
     model.eval()
-    for layer in _linear_4bit_layers(model):
+    for layer in linear_4bit_layers(model):
         layer.training = True
     try:
         yield
