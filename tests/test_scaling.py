@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_evaluation import write_fake_senteval
+from test_evaluation import FAKE, write_fake_senteval
 
 from promptlab.cli import main, make_parser
 from promptlab.errors import PromptlabError
@@ -291,28 +291,51 @@ def test_dry_run_prints_commands_and_costs_and_runs_nothing(env, tiny_llama_dir)
     assert "kept in its task log" not in text
 
 
-def test_dry_run_says_what_an_eval_has_kept_in_its_task_log(env, tiny_llama_dir):
-    from promptlab.experiments.results import ResultsFile
-
+def test_dry_run_says_what_an_eval_has_kept_in_its_task_log_and_counts_only_the_rest(env, tiny_llama_dir):
     raw = _plan(env, tiny_llama_dir)
+    raw["models"][str(tiny_llama_dir)]["eval_hours"] = 1.0
     raw["methods"]["prompteol-last"]["commands"] = [
-        "promptlab eval --model {model} --template prompteol --dtype {dtype} "
+        "promptlab eval --model {model} --template prompteol --dtype {dtype} --part-items 2 "
         "--task-log {work}/last.tasks.jsonl --output {record}"
     ]
     plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    cell = f"{tiny_llama_dir}/prompteol-last"
     (env / "work").mkdir()
-    # An earlier sitting finished STS12 (its parts, then the task) and two parts of STS13.
-    with ResultsFile(env / "work/last.tasks.jsonl", "eval-task", {"model": "m"}) as log:
-        for key in (
-            {"task": "STS12", "part": "MSRpar[0:256]"},
-            {"task": "STS12"},
-            {"task": "STS13", "part": "FNWN[0:189]"},
-            {"task": "STS13", "part": "headlines[0:256]"},
-        ):
-            log.append({"split": "test", **key}, {})
+    run_plan(plan, methods=["prompteol-last"], execute=Recorder(), log=lambda _: None)
+    # As if the sitting had ended after STS12 and the first part of STS13: the record is not written yet.
+    log = env / "work/last.tasks.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    keys = [json.loads(line)["key"] for line in lines]
+    first_sts13 = next(i for i, k in enumerate(keys) if k["task"] == "STS13")
+    log.write_text("".join(lines[: first_sts13 + 1]), encoding="utf-8")
+    next(c for c in plan.cells() if c.name == cell).record.unlink()
+
+    def distinct(rows) -> set[str]:  # a task's scored sentences, from the fake files' own rows
+        return {s for a, b, gold in rows if gold is not None for s in (a, b)}
+
+    per_task = {
+        task: distinct(row for rows in (FAKE[task].values() if task.startswith("STS1") else [FAKE[task]["test"]])
+                       for row in rows)
+        for task in FAKE
+    }  # fmt: skip
+    subset, start, stop = re.fullmatch(r"(.+)\[(\d+):(\d+)\]", keys[first_sts13]["part"]).groups()
+    scored = [r for r in FAKE["STS13"][subset] if r[2] is not None]
+    kept = len(per_task["STS12"]) + len(distinct(scored[int(start) : int(stop)]))
+    total = sum(len(s) for s in per_task.values())
+
     messages: list[str] = []
     run_plan(plan, methods=["prompteol-last"], dry_run=True, execute=Recorder(), log=messages.append)
-    assert "      kept in its task log: STS12 finished; 2 parts of STS13" in messages
+    assert (
+        f"      kept in its task log: STS12 finished; 1 part of STS13; in all {kept} of its {total} sentences "
+        f"({100 * kept / total:.0f} %)" in messages
+    )
+    assert f"to run   {cell} (~{1.0 * (total - kept) / total:.1f} h):" in messages
+
+
+def test_the_eval_command_and_the_dry_run_share_the_default_part_size():
+    from promptlab.evaluation.runner import DEFAULT_PART_ITEMS
+
+    assert make_parser().parse_args(["eval"]).part_items == DEFAULT_PART_ITEMS
 
 
 def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):

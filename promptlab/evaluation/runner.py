@@ -19,6 +19,8 @@ from promptlab.evaluation.protocol import PartedTask, Task, TaskResult, Vectors,
 from promptlab.evaluation.results import EvalResult
 from promptlab.evaluation.tasks import SPECS, TASKS
 
+DEFAULT_PART_ITEMS = 256  # STS pairs per logged part of a task-logged evaluation (`evaluate(part_items=...)`)
+
 Encode = Callable[[list[str]], np.ndarray]
 EncodeLayers = Callable[[list[str], list[int]], dict[int, np.ndarray]]
 
@@ -179,6 +181,38 @@ def _evaluate_task_by_task(
             )
     # Throughput of what this call encoded; a run that only read the log reports none.
     return _result(suite, details, seconds if encoded else float("nan"), encoded)
+
+
+def logged_progress(suite: Suite, rows: Iterable[dict[str, Any]], part_items: int | None) -> tuple[int, int]:
+    """(sentences kept, sentences in all) of a task-logged evaluation of `suite` whose log holds `rows`.
+
+    Counted as `evaluate(..., task_log=..., part_items=...)` encodes: each task's distinct sentences, those
+    of a finished task or of its finished parts kept. Rows of other data (another split or data version)
+    keep nothing, as they would not be read back.
+    """
+    finished, parts_done = set(), set()
+    for row in rows:
+        key = row.get("key", {})
+        if key.get("split") != suite.split:
+            continue
+        if "part" in key:
+            parts_done.add((key.get("task"), key.get("data"), key["part"]))
+        else:
+            finished.add((key.get("task"), key.get("data")))
+    kept = total = 0
+    for task in suite.tasks:
+        data = fingerprint(task.digests)
+        sentences = dict.fromkeys(task.sentences())
+        total += len(sentences)
+        if (task.name, data) in finished:
+            kept += len(sentences)
+        elif part_items and isinstance(task, PartedTask):
+            done: set[str] = set()
+            for part in task.parts(part_items):
+                if (task.name, data, part) in parts_done:
+                    done.update(task.part_sentences(part))
+            kept += len(done)
+    return kept, total
 
 
 def _score_in_parts(

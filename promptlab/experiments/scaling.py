@@ -654,7 +654,35 @@ def _kept_in_task_log(argv: list[str], root: Path) -> str | None:
             finished.append(key["task"])
     words = [f"{', '.join(finished)} finished"] if finished else []
     words += [f"{n} part{'s' * (n > 1)} of {task}" for task, n in parts.items() if task not in finished]
+    progress = _eval_progress(argv, root)
+    if words and progress is not None:
+        kept, total = progress
+        words.append(f"in all {kept:,} of its {total:,} sentences ({100 * kept / max(total, 1):.0f} %)")
     return "; ".join(words) or None
+
+
+def _eval_progress(argv: list[str], root: Path) -> tuple[int, int] | None:
+    """(sentences kept, sentences in all) of an eval command with a ``--task-log``; None when it has no log
+    yet or its data cannot be read here (then the whole cell's estimate stands)."""
+    from promptlab.evaluation.runner import DEFAULT_PART_ITEMS, load_suite, logged_progress
+
+    log = _flag_value(argv, "--task-log")
+    if len(argv) < 2 or argv[1] != "eval" or log is None or not (root / log).is_file():
+        return None
+    tasks = _flag_value(argv, "--tasks")
+    data_dir = _flag_value(argv, "--data-dir")
+    part_items = _flag_value(argv, "--part-items")
+    try:
+        suite = load_suite(
+            [t.strip() for t in tasks.split(",")] if tasks else None,
+            data_dir=None if data_dir is None else root / data_dir,
+            split=_flag_value(argv, "--split") or "test",
+            source=_flag_value(argv, "--source") or "senteval",
+        )
+        parts = DEFAULT_PART_ITEMS if part_items is None else int(part_items)
+    except (PromptlabError, OSError, ValueError):
+        return None
+    return logged_progress(suite, read_rows(root / log), parts or None)
 
 
 def _finished_finetune(argv: list[str], root: Path) -> bool:
@@ -666,12 +694,18 @@ def _finished_finetune(argv: list[str], root: Path) -> bool:
 
 
 def _hours_left(plan: Plan, cell: Cell) -> float | None:
-    """The cell's estimated hours, without its training once the training finished in an earlier sitting."""
+    """The cell's estimated hours, less what earlier sittings kept: its training once that finished, and,
+    when an eval with a task log is all the cell has left, the share of the eval's sentences the log holds."""
     hours = cell.hours()
-    if hours is not None and cell.method.train:
-        commands = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
-        if any(_finished_finetune(argv, plan.root) for argv in commands):
-            hours -= cell.model.train_hours or 0.0
+    if hours is None:
+        return None
+    left = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
+    if cell.method.train and any(_finished_finetune(argv, plan.root) for argv in left):
+        hours -= cell.model.train_hours or 0.0
+        left = [argv for argv in left if not _finished_finetune(argv, plan.root)]
+    progress = _eval_progress(left[0], plan.root) if len(left) == 1 else None
+    if progress is not None and progress[1]:
+        hours *= 1 - progress[0] / progress[1]
     return hours
 
 
