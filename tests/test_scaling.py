@@ -419,7 +419,7 @@ def test_the_report_marks_cells_not_run_and_draws_the_plot(env, tiny_llama_dir):
     record = {
         "kind": "eval",
         "created": "2026-12-03T10:00:00+0000",
-        "command": ["cli.py", "eval", "--template", "prompteol"],
+        "command": ["cli.py", "eval", "--template", "prompteol", "--output", str(env / "results/x y.json")],
         "scores": {
             t: 50.0 + i
             for i, t in enumerate(
@@ -445,6 +445,9 @@ def test_the_report_marks_cells_not_run_and_draws_the_plot(env, tiny_llama_dir):
     text = report.read_text()
     assert (env / "report" / "scaling.png").stat().st_size > 10_000
     assert "53.00" in text and "61.00" in text
+    assert (
+        "`promptlab eval --template prompteol --output 'results/x y.json'`" in text
+    )  # runnable from the root
     assert text.count("_not run yet_") >= 2  # the tiny model's two cells; nothing invented
     assert "arXiv 2307.16645" in text and "67.46" in text
     assert "Only 1 model(s) measured" in text or "one model measured" in text

@@ -806,6 +806,14 @@ def _write_dev_record(plan: Plan, cell: Cell, commands: list[str], seconds: floa
 # --------------------------------------------------------------------------- reading cells back
 
 
+def _under_root(arg: str, root: Path) -> str:
+    """``arg`` with the paths under ``root`` made relative to it: a recorded command as the repository names
+    its files (run from the root), not as the machine that ran it did."""
+    for prefix in {f"{Path(root).absolute()}{os.sep}", f"{Path(root).resolve()}{os.sep}"}:
+        arg = arg.replace(prefix, "")
+    return arg
+
+
 def read_cell(plan: Plan, cell: Cell) -> dict[str, Any] | None:
     """A finished test cell as ``{scores, average, created, command, source}``; None when not run yet."""
     if not cell.record.exists():
@@ -828,7 +836,9 @@ def read_cell(plan: Plan, cell: Cell) -> dict[str, Any] | None:
     record = json.loads(cell.record.read_text(encoding="utf-8"))
     command = record.get("command") or []
     if isinstance(command, list):
-        command = " ".join(["promptlab", *command[1:]]) if command else ""
+        command = (
+            shlex.join(["promptlab", *(_under_root(a, plan.root) for a in command[1:])]) if command else ""
+        )
     return {
         "scores": record.get("scores", {}),
         "average": record.get("average"),
