@@ -377,7 +377,7 @@ def test_dry_run_says_what_a_sweep_and_a_search_have_kept(env, tiny_llama_dir):
     raw["methods"]["demo"] = {
         "needs": ["dev-sweep"],
         "commands": [
-            "promptlab search-demos --model {model} --screen 2:1 --output {work}/search.jsonl",
+            "promptlab search-demos --model {model} --pool pool.jsonl --screen 2:1 --output {work}/search.jsonl",
             "promptlab eval --model {model} --demonstration best-of:{work}/search.jsonl --output {record}",
         ],
     }
@@ -386,10 +386,22 @@ def test_dry_run_says_what_a_sweep_and_a_search_have_kept(env, tiny_llama_dir):
     row = json.dumps({"kind": "sweep", "key": {"template": "prompteol", "layer": 1}, "score": 50.0})
     (env / "work/sweep.jsonl").write_text(row + "\n" + row.replace('"layer": 1', '"layer": 2') + "\n")
     (env / "work/search.screen.jsonl").write_text(row + "\n")
+    # Three candidates, one left out for its STS test sentence: each round has a row per candidate and one
+    # for the prompt without a demonstration, and the screen keeps one candidate for the second round.
+    demos = [{"id": f"d{i}", "sentence": f"sentence {i}.", "word": f"Word{i}"} for i in range(3)]
+    demos[2]["eval_overlap"] = "STS12 test"
+    (env / "pool.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos), encoding="utf-8")
     messages: list[str] = []
     run_plan(plan, methods=["dev-sweep", "demo"], dry_run=True, execute=Recorder(), log=messages.append)
     assert "      kept in its output: 2 rows in sweep.jsonl" in messages
-    assert "      kept in its output: 1 row in search.screen.jsonl" in messages
+    assert "      kept in its output: 1 of 3 rows in search.screen.jsonl" in messages
+    (env / "work/search.jsonl").write_text(row + "\n")
+    messages.clear()
+    run_plan(plan, methods=["demo"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert (
+        "      kept in its output: 1 of 3 rows in search.screen.jsonl, 1 of 2 rows in search.jsonl"
+        in messages
+    )
 
 
 def test_the_cli_dry_run_of_the_shipped_plan(capsys, tmp_path):

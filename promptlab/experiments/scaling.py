@@ -632,11 +632,36 @@ def _kept_rows(argv: list[str], root: Path) -> str | None:
     output = _flag_value(argv, "--output")
     if len(argv) < 2 or argv[1] not in ("sweep", "search-demos") or output is None:
         return None
-    files = [root / output]
+    files = {root / output: None}
     if argv[1] == "search-demos":
-        files.insert(0, screen_path(root / output))
-    counts = [(sum(1 for _ in read_rows(f)), f.name) for f in files if f.is_file()]
-    return ", ".join(f"{n} row{'s' * (n != 1)} in {name}" for n, name in counts) or None
+        first, second = _search_rows_in_all(argv, root)
+        files = {screen_path(root / output): first, root / output: second}
+    words = []
+    for path, in_all in files.items():
+        if path.is_file():
+            n = sum(1 for _ in read_rows(path))
+            of = "" if in_all is None else f" of {in_all}"
+            words.append(f"{n}{of} row{'s' * ((in_all or n) != 1)} in {path.name}")
+    return ", ".join(words) or None
+
+
+def _search_rows_in_all(argv: list[str], root: Path) -> tuple[int | None, int | None]:
+    """How many rows a finished ``search-demos`` writes to its first round and to its output: a row per
+    candidate and one for the prompt without a demonstration; None where the pool cannot be read here."""
+    from promptlab.demonstrations import ALL_POOL, load_pool
+    from promptlab.experiments.search import Screen
+
+    spec = _flag_value(argv, "--pool") or ALL_POOL
+    if spec.endswith(".jsonl") or "/" in spec:
+        spec = str(root / spec)
+    try:
+        candidates = len(load_pool(spec)[0])
+        screen = Screen.parse(_flag_value(argv, "--screen")) if "--screen" in argv else None
+    except (PromptlabError, OSError, ValueError):
+        return None, None
+    if screen is None or screen.keep >= candidates:  # one round, into the output
+        return None, candidates + 1
+    return candidates + 1, screen.keep + 1
 
 
 def _kept_in_task_log(argv: list[str], root: Path) -> str | None:
