@@ -654,9 +654,10 @@ def _search_rows_in_all(argv: list[str], root: Path) -> tuple[int | None, int | 
     spec = _flag_value(argv, "--pool") or ALL_POOL
     if spec.endswith(".jsonl") or "/" in spec:
         spec = str(root / spec)
+    screen_flag = _flag_value(argv, "--screen")
     try:
         candidates = len(load_pool(spec)[0])
-        screen = Screen.parse(_flag_value(argv, "--screen")) if "--screen" in argv else None
+        screen = Screen.parse(screen_flag) if screen_flag else None
     except (PromptlabError, OSError, ValueError):
         return None, None
     if screen is None or screen.keep >= candidates:  # one round, into the output
