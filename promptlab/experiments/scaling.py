@@ -725,10 +725,10 @@ def _hours_left(plan: Plan, cell: Cell) -> float | None:
     hours = cell.hours()
     if hours is None:
         return None
-    left = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
-    if cell.method.train and any(_finished_finetune(argv, plan.root) for argv in left):
+    commands = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
+    left = [argv for argv in commands if not _finished_finetune(argv, plan.root)]
+    if cell.method.train and len(left) < len(commands):
         hours -= cell.model.train_hours or 0.0
-        left = [argv for argv in left if not _finished_finetune(argv, plan.root)]
     progress = _eval_progress(left[0], plan.root) if len(left) == 1 else None
     if progress is not None and progress[1]:
         hours *= 1 - progress[0] / progress[1]
