@@ -404,6 +404,54 @@ def test_dry_run_says_what_a_sweep_and_a_search_have_kept(env, tiny_llama_dir):
     )
 
 
+def test_dry_run_counts_a_search_s_kept_rows_when_the_plan_splits_the_cost(env, tiny_llama_dir):
+    """A cost per command: the search's share less the pairs its kept rows scored, the eval's in full."""
+    raw = _plan(env, tiny_llama_dir)
+    raw["models"][str(tiny_llama_dir)]["eval_hours"] = 100.0  # hours to 0.1 tell one pair from another
+    search = (
+        "promptlab search-demos --model {model} --pool pool.jsonl --screen 2:1 --output {work}/search.jsonl"
+    )
+    raw["methods"]["demo"] = {
+        "commands": [search, "promptlab eval --model {model} --output {record}"],
+        "cost": [2.0, 1.0],
+    }
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    assert plan.method("demo").cost == 3.0
+    (env / "work").mkdir()
+    demos = [{"id": f"d{i}", "sentence": f"sentence {i}.", "word": f"Word{i}"} for i in range(2)]
+    (env / "pool.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos), encoding="utf-8")
+    row = json.dumps({"kind": "search", "key": {"demonstration": "d0"}, "score": 50.0}) + "\n"
+    # Without --dev-pairs the second round scores all of STS-B dev: count its pairs from the fake file's rows.
+    dev = len(FAKE["STSBenchmark"]["dev"])
+    total = 3 * 2 + 2 * dev  # first round: 3 rows (2 candidates, no demonstration) on 2 pairs; then 2 rows
+    cell = f"{tiny_llama_dir}/demo"
+
+    def hours() -> str:
+        messages: list[str] = []
+        run_plan(plan, methods=["demo"], dry_run=True, execute=Recorder(), log=messages.append)
+        return next(m for m in messages if m.startswith(f"to run   {cell}"))
+
+    assert hours() == f"to run   {cell} (~300.0 h):"
+    (env / "work/search.screen.jsonl").write_text(row * 3)  # the first round is done
+    assert hours() == f"to run   {cell} (~{200.0 * (total - 6) / total + 100.0:.1f} h):"
+    (env / "work/search.jsonl").write_text(row * 2)  # and the second: only the eval is left
+    assert hours() == f"to run   {cell} (~100.0 h):"
+    # One round (no --screen): each of its 3 rows is a third of the search.
+    raw["methods"]["demo"]["commands"][0] = search.replace(" --screen 2:1", "")
+    plan = plan_from_dict(raw, where=Path("plan.toml"), root=env)
+    (env / "work/search.jsonl").write_text(row)
+    assert hours() == f"to run   {cell} (~{200.0 * 2 / 3 + 100.0:.1f} h):"
+
+
+@pytest.mark.parametrize("cost", [[1.0], [1.0, -1.0], "2", [1.0, "x"]])
+def test_a_cost_is_a_number_or_one_per_command(tmp_path, tiny_llama_dir, cost):
+    raw = _plan(tmp_path, tiny_llama_dir)
+    raw["methods"]["sweep-best"]["commands"] *= 2
+    raw["methods"]["sweep-best"]["cost"] = cost
+    with pytest.raises(PromptlabError, match="a list of 2 such numbers, one per command"):
+        plan_from_dict(raw, where=Path("plan.toml"), root=tmp_path)
+
+
 def test_the_cli_dry_run_of_the_shipped_plan(capsys, tmp_path):
     # The shipped plan under an empty root: every cell still to run, whatever the study has done so far.
     (tmp_path / "experiments/scaling").mkdir(parents=True)

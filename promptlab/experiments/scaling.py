@@ -77,6 +77,7 @@ class Method:
     select: dict[str, dict[str, Any]] = field(default_factory=dict)  # NAME -> {from, where}
     output: str = ""
     cost: float = 1.0  # x the model's eval_hours
+    command_costs: tuple[float, ...] = ()  # the cost split over the commands, when the plan gives one
     train: bool = False  # + the model's train_hours
     note: str = ""
 
@@ -220,6 +221,7 @@ def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = T
             raise PromptlabError(f'{where} [methods.{name}]: kind is "test" or "dev", not {kind!r}.')
         if kind == "dev" and not m.get("output"):
             raise PromptlabError(f'{where} [methods.{name}]: a dev method needs output = "...jsonl".')
+        cost, command_costs = _method_cost(m.get("cost", 1.0), len(commands), f"{where} [methods.{name}]")
         methods.append(
             Method(
                 name=name,
@@ -229,7 +231,8 @@ def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = T
                 needs=tuple(m.get("needs", ())),
                 select=dict(m.get("select", {})),
                 output=m.get("output", ""),
-                cost=float(m.get("cost", 1.0)),
+                cost=sum(command_costs) if command_costs else cost,
+                command_costs=command_costs,
                 train=bool(m.get("train", False)),
                 note=m.get("note", ""),
             )
@@ -325,6 +328,23 @@ def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = T
         work_dir=root / raw.get("work_dir", "experiments/scaling/work"),
         existing=existing,
         name=raw.get("name", ""),
+    )
+
+
+def _method_cost(raw: Any, n_commands: int, where: str) -> tuple[float, tuple[float, ...]]:
+    """A method's ``cost``: a number, or one number per command (the dry-run then counts each command's
+    progress apart, e.g. a demonstration search and the eval after it)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+    if number(raw):
+        return float(raw), ()
+    if isinstance(raw, list) and len(raw) == n_commands and all(number(c) for c in raw):
+        return float(sum(raw)), tuple(float(c) for c in raw)
+    raise PromptlabError(
+        f"{where}: cost = {raw!r}: give a number of evals (e.g. cost = 1.2), or a list of {n_commands} such "
+        f"numbers, one per command."
     )
 
 
@@ -720,19 +740,71 @@ def _finished_finetune(argv: list[str], root: Path) -> bool:
 
 
 def _hours_left(plan: Plan, cell: Cell) -> float | None:
-    """The cell's estimated hours, less what earlier sittings kept: its training once that finished, and,
-    when an eval with a task log is all the cell has left, the share of the eval's sentences the log holds."""
+    """The cell's estimated hours, less what earlier sittings kept: its training once that finished, and the
+    share of each command's work its files already hold (an eval's task log, a demonstration search's rows).
+
+    A method with one cost per command weighs each command's progress by its own cost; with one cost for
+    all, progress counts only when a single command is left (e.g. a CSE cell's eval after its training)."""
     hours = cell.hours()
     if hours is None:
         return None
     commands = [shlex.split(c) for c in resolve(plan, cell, strict=False)]
-    left = [argv for argv in commands if not _finished_finetune(argv, plan.root)]
-    if cell.method.train and len(left) < len(commands):
-        hours -= cell.model.train_hours or 0.0
-    progress = _eval_progress(left[0], plan.root) if len(left) == 1 else None
-    if progress is not None and progress[1]:
-        hours *= 1 - progress[0] / progress[1]
-    return hours
+    trained = [_finished_finetune(argv, plan.root) for argv in commands]
+    train = (cell.model.train_hours or 0.0) if cell.method.train else 0.0
+    if any(trained):
+        hours -= train
+        train = 0.0
+    weights = list(cell.method.command_costs)
+    if not weights and trained.count(False) == 1:
+        weights = [0.0 if done else 1.0 for done in trained]
+    if not sum(weights):
+        return hours
+    left = sum(
+        weight * (0.0 if done else _share_left(argv, plan.root))
+        for weight, argv, done in zip(weights, commands, trained, strict=True)
+    )
+    return train + (hours - train) * left / sum(weights)
+
+
+def _share_left(argv: list[str], root: Path) -> float:
+    """The share of a command's work still to do: 1 unless its files say how much is kept."""
+    progress = _eval_progress(argv, root) or _search_progress(argv, root)
+    if progress is None or not progress[1]:
+        return 1.0
+    return 1.0 - min(progress[0], progress[1]) / progress[1]
+
+
+def _search_progress(argv: list[str], root: Path) -> tuple[int, int] | None:
+    """(pairs scored, pairs in all) of a ``search-demos`` command, from the rows its rounds keep: a row scores
+    its round's pairs (a screen's first round, then ``--dev-pairs``), so this is the share of its sentences."""
+    from promptlab.evaluation import load_task
+    from promptlab.experiments.search import Screen, screen_path
+
+    output = _flag_value(argv, "--output")
+    if len(argv) < 2 or argv[1] != "search-demos" or output is None:
+        return None
+    first_all, second_all = _search_rows_in_all(argv, root)
+    if second_all is None:
+        return None
+    pairs, screen_pairs = 1, 0  # one round: every row scores the same pairs
+    try:
+        if first_all:  # two rounds: a first-round row scores the screen's pairs, a second-round row more
+            screen_pairs = Screen.parse(_flag_value(argv, "--screen")).pairs
+            dev_pairs, data_dir = _flag_value(argv, "--dev-pairs"), _flag_value(argv, "--data-dir")
+            if dev_pairs:
+                pairs = int(dev_pairs)
+            else:  # the search scores the whole of STS-B dev
+                dev = load_task("STSBenchmark", split="dev", data_dir=data_dir and str(root / data_dir))
+                pairs = sum(len(part.sentences1) for part in dev)
+    except (PromptlabError, OSError, ValueError):
+        return None
+
+    def rows(path: Path) -> int:
+        return sum(1 for _ in read_rows(path)) if path.is_file() else 0
+
+    done = min(rows(screen_path(root / output)), first_all or 0) * screen_pairs
+    done += min(rows(root / output), second_all) * pairs
+    return done, (first_all or 0) * screen_pairs + second_all * pairs
 
 
 def _cost(hours: float | None) -> str:
