@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import cpu_name, sample_sentences, spawn  # noqa: E402
+from bench import measured_on, print_and_write, sample_sentences, spawn  # noqa: E402
 
 ROWS = ("apart", "merged", "base")
 
@@ -140,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "sentences": len(sentences),
         "seed": args.seed,
         "threads": args.threads,
-        "cpu": cpu_name(),
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or None,
+        **measured_on(),
         "rows": {},
     }
     vectors = {}
@@ -175,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {result['sentences_per_second']:.2f} sentences/s, {rss:.0f} MiB", flush=True)
     if "apart" in vectors and "merged" in vectors:
         record["merged_vs_apart"] = compare(vectors["merged"], vectors["apart"])
-    table = markdown(record)
-    print(table)
-    if args.output:
-        output = Path(args.output)
-        output.write_text(json.dumps(record, indent=2) + "\n")
-        output.with_suffix(".md").write_text(table)
+    print_and_write(record, markdown(record), args.output)
     return 0 if all("error" not in row for row in record["rows"].values()) else 1
 
 

@@ -85,6 +85,26 @@ def cpu_name() -> str:
     )
 
 
+def measured_on() -> dict[str, str | None]:
+    """Where and when a record was measured: the CPU, the time, and the commit of promptlab's source."""
+    from promptlab.version import source_commit
+
+    return {
+        "cpu": cpu_name(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": source_commit(),  # "+changes" when the package differs from it
+    }
+
+
+def print_and_write(record: dict, table: str, output: str | None) -> None:
+    """Print a record's markdown table; with ``output``, write the JSON record and the table beside it."""
+    print(table)
+    if output:
+        path = Path(output)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        path.with_suffix(".md").write_text(table)
+
+
 # -- peak ------------------------------------------------------------------------------------------------
 # Square matmuls of two sizes and one skinny linear-layer shape (M x N x K). A single 1024-wide square
 # understates this CPU's bf16 peak by half (0.95-1.15 TFLOP/s against 1.8-2.4 for the others), which

@@ -23,13 +23,14 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from promptlab.version import source_commit
 
 
 def sts_sentences(data_dir: str | None, count: int, seed: int) -> list[str]:
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "ray_embed",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": source_commit(),  # "+changes" when the package differs from it
         "cpu": next(
             (
                 ln.split(":", 1)[1].strip()

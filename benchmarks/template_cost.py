@@ -20,15 +20,13 @@ it with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import cpu_name, sample_sentences  # noqa: E402
+from bench import measured_on, print_and_write, sample_sentences  # noqa: E402
 
 DEFAULT_ROWS = "prompteol,prompteol-noquote,eol-topic,eol-summarize,ke,metaeol,none:mean"
 
@@ -158,20 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "rounds": args.rounds,
         "threads": args.threads,
-        "cpu": cpu_name(),
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or None,
+        **measured_on(),
         "rows": rows_measured,
     }
-    table = markdown(record)
-    print(table)
-    if args.output:
-        output = Path(args.output)
-        output.write_text(json.dumps(record, indent=2) + "\n")
-        output.with_suffix(".md").write_text(table)
+    print_and_write(record, markdown(record), args.output)
     return 0
 
 
