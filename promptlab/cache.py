@@ -229,6 +229,9 @@ def computes(embedder) -> dict[str, Any]:
     # An adapter's weights are named by their hash; its folder is only where it lies.
     if config.get("adapter_sha256"):
         config.pop("adapter", None)
+    members = getattr(embedder, "members", None)
+    if members:  # an ensemble (MetaEOL) has no prompt of its own: its members' prompts, in order
+        return {**config, "probe_prompt_ids": [list(m.prompts.encode(PROBE_SENTENCE).ids) for m in members]}
     return {**config, "probe_prompt_ids": list(embedder.prompts.encode(PROBE_SENTENCE).ids)}
 
 

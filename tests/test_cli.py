@@ -10,7 +10,9 @@ from conftest import SENTEVAL
 from test_evaluation import write_fake_senteval
 
 from promptlab.backends import resolve_dtype
+from promptlab.cache import PROBE_SENTENCE
 from promptlab.cli import main
+from promptlab.embedder import Embedder
 from promptlab.evaluation import TASKS
 
 needs_senteval = pytest.mark.skipif(not SENTEVAL.is_dir(), reason=f"SentEval data not at {SENTEVAL}")
@@ -292,6 +294,23 @@ def test_eval_with_a_task_log_resumes_where_an_earlier_run_stopped(tiny_llama_di
     assert len(errors) == 1 and "Traceback" not in err
     assert "different configuration" in errors[0] and "layer: -1 there, 1 now" in errors[0]
     assert log.read_text().splitlines() == lines
+
+
+def test_an_ensemble_eval_keeps_a_task_log_and_resumes_with_the_scores_of_one_run(tiny_llama_dir, tmp_path):
+    """MetaEOL's prompts are its members': the log is keyed on each member's prompt, and a resumed eval
+    scores as one run without a log does."""
+    fake = str(write_fake_senteval(tmp_path / "senteval"))
+    log = tmp_path / "tasks.jsonl"
+    base = ["eval", "--model", str(tiny_llama_dir), "--template", "metaeol", "--data-dir", fake, "--no-cache"]
+    assert main([*base, "--output", str(tmp_path / "whole.json")]) == 0
+    assert main([*base, "--task-log", str(log), "--tasks", "STS12,STS13"]) == 0  # an earlier sitting
+    assert main([*base, "--task-log", str(log), "--output", str(tmp_path / "resumed.json")]) == 0
+    whole, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "resumed"))
+    assert resumed["scores"] == pytest.approx(whole["scores"], abs=1e-9) and len(resumed["scores"]) == 7
+    embedder = Embedder(str(tiny_llama_dir), "metaeol", dtype="float32")
+    probes = json.loads(log.read_text().splitlines()[0])["fixed"]["probe_prompt_ids"]
+    assert probes == [list(m.prompts.encode(PROBE_SENTENCE).ids) for m in embedder.members]
+    assert len(probes) == 4 and len({tuple(p) for p in probes}) == 4
 
 
 def test_output_that_cannot_be_written_is_refused_before_any_work(tiny_llama_dir, tmp_path, capsys):
