@@ -231,7 +231,7 @@ def plan_from_dict(raw: dict, *, where: Path, root: Path, check_models: bool = T
                 needs=tuple(m.get("needs", ())),
                 select=dict(m.get("select", {})),
                 output=m.get("output", ""),
-                cost=sum(command_costs) if command_costs else cost,
+                cost=cost,
                 command_costs=command_costs,
                 train=bool(m.get("train", False)),
                 note=m.get("note", ""),
@@ -659,10 +659,15 @@ def _kept_rows(argv: list[str], root: Path) -> str | None:
     words = []
     for path, in_all in files.items():
         if path.is_file():
-            n = sum(1 for _ in read_rows(path))
+            n = _row_count(path)
             of = "" if in_all is None else f" of {in_all}"
             words.append(f"{n}{of} row{'s' * ((in_all or n) != 1)} in {path.name}")
     return ", ".join(words) or None
+
+
+def _row_count(path: Path) -> int:
+    """Rows a JSONL output holds; 0 before it exists."""
+    return sum(1 for _ in read_rows(path)) if path.is_file() else 0
 
 
 def _search_rows_in_all(argv: list[str], root: Path) -> tuple[int | None, int | None]:
@@ -799,11 +804,8 @@ def _search_progress(argv: list[str], root: Path) -> tuple[int, int] | None:
     except (PromptlabError, OSError, ValueError):
         return None
 
-    def rows(path: Path) -> int:
-        return sum(1 for _ in read_rows(path)) if path.is_file() else 0
-
-    done = min(rows(screen_path(root / output)), first_all or 0) * screen_pairs
-    done += min(rows(root / output), second_all) * pairs
+    done = min(_row_count(screen_path(root / output)), first_all or 0) * screen_pairs
+    done += min(_row_count(root / output), second_all) * pairs
     return done, (first_all or 0) * screen_pairs + second_all * pairs
 
 
