@@ -164,6 +164,131 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- combine-logs ---------------------------------------------------------------------------------------
+def make_combine_logs_parser(sub) -> None:
+    p = sub.add_parser(
+        "combine-logs", help="score a weighted combination of finished evals from their task logs (no model)"
+    )
+    p.add_argument(
+        "logs", nargs="+", metavar="LOG", help="the --task-log FILE of each member's finished eval"
+    )
+    weighting = p.add_mutually_exclusive_group(required=True)
+    weighting.add_argument(
+        "--weights",
+        default=None,
+        help="one weight per LOG, comma-separated, e.g. 0.7,0.3 (scaled to sum to 1)",
+    )
+    weighting.add_argument(
+        "--dev-log",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="choose the weights on dev: the dev split's task log of each member, in the order of LOG, once each",
+    )
+    p.add_argument(
+        "--step", type=float, default=0.1, help="with --dev-log: the weights' grid step (default 0.1)"
+    )
+    p.add_argument(
+        "--dev-tasks",
+        default="STSBenchmark",
+        help="with --dev-log: the dev tasks that choose (default STSBenchmark)",
+    )
+    p.add_argument("--tasks", default=None, help="comma-separated STS tasks, default all seven")
+    p.add_argument("--split", default="test", choices=["test", "dev"], help="the split the LOGs hold")
+    p.add_argument("--data-dir", default=None, help="SentEval layout folder (default: $PROMPTLAB_DATA)")
+    p.add_argument("--output", default=None, help="write a JSON record (members, weights, scores) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.set_defaults(handler=combine_logs_command)
+
+
+def combine_logs_command(args: argparse.Namespace) -> int:
+    from promptlab.evaluation import format_table, load_suite
+    from promptlab.evaluation.logged_combination import (
+        choose_weights,
+        read_logged_evaluation,
+        score_combination,
+    )
+    from promptlab.version import __version__, source_commit
+
+    output = _check_output(args.output, args.overwrite)
+    tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
+    suite = load_suite(tasks, data_dir=args.data_dir, split=args.split)
+    members = [read_logged_evaluation(log, suite) for log in args.logs]
+    chosen_on = None
+    if args.dev_log is not None:
+        if len(args.dev_log) != len(args.logs):
+            raise PromptlabError(
+                f"{len(args.dev_log)} --dev-log for {len(args.logs)} task logs; give one per LOG, in the same order."
+            )
+        dev_suite = load_suite(
+            [t.strip() for t in args.dev_tasks.split(",")], data_dir=args.data_dir, split="dev"
+        )
+        dev_members = [read_logged_evaluation(log, dev_suite) for log in args.dev_log]
+        for test, dev in zip(members, dev_members, strict=True):
+            if test.config_hash != dev.config_hash:
+                raise PromptlabError(
+                    f"{dev.path} was written by another configuration than {test.path}; give each member's "
+                    "dev log in the order of its test log."
+                )
+        weights, scored = choose_weights(dev_members, dev_suite, args.step)
+        print(
+            format_table(
+                [(_weights_label(w), r) for w, r in scored], label=f"weights ({args.split} logs' order)"
+            )
+        )
+        print(
+            f"chosen on {dev_suite.split} ({', '.join(dev_suite.names)}): {_weights_label(weights)}",
+            file=sys.stderr,
+        )
+        chosen_on = {
+            "split": dev_suite.split,
+            "tasks": list(dev_suite.names),
+            "logs": [str(m.path) for m in dev_members],
+            "step": args.step,
+            "grid": [{"weights": list(w), "average": r.average, "scores": r.scores} for w, r in scored],
+        }
+    else:
+        weights = tuple(_parse_weights(args.weights, len(members)))
+    result = score_combination(members, weights, suite)
+    print(format_table([(_weights_label(weights), result)], label="combination"))
+    if output:
+        total = sum(weights)
+        record = {
+            "kind": "logged-combination",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": sys.argv,
+            "promptlab": __version__,
+            "commit": source_commit(),
+            "config": {
+                "members": [
+                    m.describe() | {"weight": w / total} for m, w in zip(members, weights, strict=True)
+                ],
+                "tasks": list(result.scores),
+                "split": args.split,
+                "chosen_on": chosen_on,
+            },
+            **result.to_dict(),
+        }
+        _write_atomically(output, (json.dumps(record, indent=2, default=str) + "\n").encode())
+        print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _parse_weights(text: str, n: int) -> list[float]:
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise PromptlabError(f"--weights {text!r}: give numbers separated by commas, e.g. 0.7,0.3.") from None
+    if len(weights) != n:
+        raise PromptlabError(f"--weights gives {len(weights)} weights for {n} task logs; give one per LOG.")
+    return weights
+
+
+def _weights_label(weights) -> str:
+    total = sum(weights)
+    return " / ".join(f"{w / total:.2f}" for w in weights)
+
+
 # -- mteb -----------------------------------------------------------------------------------------------
 def make_mteb_parser(sub) -> None:
     p = sub.add_parser("mteb", help="score an embedder on MTEB tasks with mteb's own scorers (needs [mteb])")
@@ -548,6 +673,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     for make in (
         make_eval_parser,
+        make_combine_logs_parser,
         make_mteb_parser,
         make_embed_parser,
         make_templates_parser,
@@ -580,6 +706,17 @@ COMMAND_DOCS: dict[str, tuple[str, list[str]]] = {
             "promptlab eval --tasks STSBenchmark --split dev --layer 20 --output dev.json",
             "promptlab eval --tasks TRECQA-rerank,SICK-pairclass,STSB-retrieval --split dev",
             "promptlab eval --model minilm-l6 --template none --pooling mean",
+        ],
+    ),
+    "combine-logs": (
+        "Score a weighted combination of embedders from their finished evals' task logs, without a model: "
+        "each STS pair's combined cosine is the weighted mean of the members' logged cosines, exactly the "
+        "cosine of promptlab.combination's vector for members read at one layer. --dev-log chooses the "
+        "weights on the dev split's logs (a grid of --step), then scores the test logs with them.",
+        [
+            "promptlab combine-logs a.tasks.jsonl b.tasks.jsonl --weights 0.6,0.4",
+            "promptlab combine-logs a.tasks.jsonl b.tasks.jsonl --dev-log a.dev.tasks.jsonl "
+            "--dev-log b.dev.tasks.jsonl --output combined.json",
         ],
     ),
     "mteb": (

@@ -204,3 +204,131 @@ def test_commands_that_cannot_use_a_combination_say_so_in_one_line(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("promptlab: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "saved").exists()
+
+
+# -- combine-logs: a combination scored from its members' task logs --------------------------------------
+
+MEMBER_ARGS = {  # two embedders of the tiny model, each read at one layer
+    "a": ["--template", "prompteol", "--layer", "3"],
+    "b": ["--template", "eol-topic", "--layer", "2"],
+}
+
+
+@pytest.fixture
+def member_logs(tiny_llama_dir, tmp_path):
+    """Each member's test and STS-B dev evaluation, logged 4 pairs a part: {(member, split): log path}."""
+    fake = str(write_fake_senteval(tmp_path / "senteval"))
+    logs = {}
+    for name, args in MEMBER_ARGS.items():
+        for split, tasks in (("test", []), ("dev", ["--tasks", "STSBenchmark"])):
+            log = tmp_path / f"{name}.{split}.tasks.jsonl"
+            argv = ["eval", "--model", str(tiny_llama_dir), *args, "--dtype", "float32", "--no-cache"]
+            argv += [
+                "--data-dir",
+                fake,
+                "--split",
+                split,
+                *tasks,
+                "--task-log",
+                str(log),
+                "--part-items",
+                "4",
+            ]
+            assert main(argv) == 0
+            logs[name, split] = log
+    return fake, logs
+
+
+def _encoded_combination(tiny_llama_dir, weights, suite):
+    """`suite` scored on the combined vectors, encoded through `Combination` (a member at weight 0 left out)."""
+    from promptlab.evaluation import evaluate
+
+    embedders = {
+        "a": (Embedder(str(tiny_llama_dir), "prompteol", dtype="float32"), 3),
+        "b": (Embedder(str(tiny_llama_dir), "eol-topic", dtype="float32"), 2),
+    }
+    kept = [(e, layer, w) for (e, layer), w in zip(embedders.values(), weights, strict=True) if w > 0]
+    if len(kept) == 1:  # a member alone: that embedder read at its layer
+        embedder, layer, _ = kept[0]
+        return evaluate(Embedder(embedder.backend, embedder.template, layer=layer).encode, suite)
+    return evaluate(Combination([Member(e, (layer,), w) for e, layer, w in kept]).encode, suite)
+
+
+def test_combine_logs_scores_what_the_combined_vectors_score_and_chooses_its_weights_on_dev(
+    tiny_llama_dir, member_logs, tmp_path, capsys
+):
+    from promptlab.evaluation import load_suite
+
+    fake, logs = member_logs
+    output = tmp_path / "combined.json"
+    argv = ["combine-logs", str(logs["a", "test"]), str(logs["b", "test"]), "--data-dir", fake]
+    argv += ["--dev-log", str(logs["a", "dev"]), "--dev-log", str(logs["b", "dev"]), "--step", "0.25"]
+    assert main([*argv, "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+
+    dev = load_suite(["STSBenchmark"], data_dir=fake, split="dev")
+    grid = record["config"]["chosen_on"]["grid"]
+    assert [g["weights"] for g in grid] == [[1, 0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0, 1]]
+    encoded = [_encoded_combination(tiny_llama_dir, g["weights"], dev).average for g in grid]
+    assert [g["average"] for g in grid] == pytest.approx(encoded, abs=1e-6)
+    chosen = [m["weight"] for m in record["config"]["members"]]
+    assert chosen in [g["weights"] for g in grid]
+    assert max(g["average"] for g in grid if g["weights"] == chosen) == pytest.approx(max(encoded), abs=1e-6)
+
+    test = _encoded_combination(tiny_llama_dir, chosen, load_suite(None, data_dir=fake))
+    assert record["scores"] == pytest.approx(test.scores, abs=1e-6) and len(record["scores"]) == 7
+    assert record["average"] == pytest.approx(test.average, abs=1e-6)
+    assert [m["log"] for m in record["config"]["members"]] == [str(logs["a", "test"]), str(logs["b", "test"])]
+    assert record["config"]["members"][0]["template"] == "prompteol"
+
+    # Fixed weights (scaled to sum to 1) score the same as the vectors of that combination.
+    capsys.readouterr()
+    fixed = ["combine-logs", str(logs["a", "test"]), str(logs["b", "test"]), "--data-dir", fake]
+    assert main([*fixed, "--weights", "3,1", "--tasks", "STS13,SICKRelatedness"]) == 0
+    expected = _encoded_combination(
+        tiny_llama_dir, [0.75, 0.25], load_suite(["STS13", "SICKRelatedness"], data_dir=fake)
+    )
+    assert f"{expected.scores['STS13']:.2f}" in capsys.readouterr().out
+    # An existing record is not overwritten.
+    assert main([*argv, "--output", str(output)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_combine_logs_refuses_what_it_cannot_combine_in_one_line(
+    tiny_llama_dir, member_logs, tmp_path, capsys
+):
+    fake, logs = member_logs
+    a, b = str(logs["a", "test"]), str(logs["b", "test"])
+    unfinished = tmp_path / "unfinished.tasks.jsonl"
+    unfinished.write_text("".join(a_line for a_line in logs["a", "test"].read_text().splitlines(True)[:3]))
+    whole = tmp_path / "whole.tasks.jsonl"
+    assert (
+        main(
+            ["eval", "--model", str(tiny_llama_dir), *MEMBER_ARGS["a"], "--dtype", "float32", "--no-cache"]
+            + ["--data-dir", fake, "--tasks", "STS13", "--task-log", str(whole), "--part-items", "0"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    cases = [
+        ([a, b, "--weights", "1"], "1 weights for 2 task logs"),
+        ([a, b, "--weights", "1,x"], "give numbers separated by commas"),
+        ([a, b, "--weights", "0,0"], "at least one above 0"),
+        ([a, b, "--dev-log", str(logs["a", "dev"])], "1 --dev-log for 2 task logs"),
+        (
+            [a, b, "--dev-log", str(logs["b", "dev"]), "--dev-log", str(logs["a", "dev"])],
+            "another configuration",
+        ),
+        (
+            [a, b, "--dev-log", str(logs["a", "dev"]), "--dev-log", str(logs["b", "dev"]), "--step", "0.3"],
+            "divides 1",
+        ),
+        ([a, str(unfinished), "--weights", "1,1"], "is not finished"),
+        ([a, str(unfinished), "--weights", "1,1", "--tasks", "STS13"], "run that eval on it first"),
+        ([a, str(whole), "--weights", "1,1", "--tasks", "STS13"], "logged whole"),
+        ([a, str(tmp_path / "missing.jsonl"), "--weights", "1,1"], "no task log at"),
+    ]
+    for extra, message in cases:
+        assert main(["combine-logs", *extra, "--data-dir", fake]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("promptlab: error:") and message in err[0], (extra, err)

@@ -180,7 +180,7 @@ def _evaluate_task_by_task(
                 file=sys.stderr,
             )
     # Throughput of what this call encoded; a run that only read the log reports none.
-    return _result(suite, details, seconds if encoded else float("nan"), encoded)
+    return suite_result(suite, details, seconds if encoded else float("nan"), encoded)
 
 
 def logged_progress(suite: Suite, rows: Iterable[dict[str, Any]], part_items: int | None) -> tuple[int, int]:
@@ -282,10 +282,11 @@ def score_suite(suite: Suite, vecs: np.ndarray, seconds: float = float("nan")) -
     """Score every task of `suite` on `vecs` (row i = the vector of the i-th sentence of `suite.sentences`)."""
     vectors = Vectors(suite.sentences, vecs)
     details = {task.name: task.score(vectors) for task in suite.tasks}
-    return _result(suite, details, seconds, len(suite.sentences))
+    return suite_result(suite, details, seconds, len(suite.sentences))
 
 
-def _result(suite: Suite, details: dict[str, TaskResult], seconds: float, encoded: int) -> EvalResult:
+def suite_result(suite: Suite, details: dict[str, TaskResult], seconds: float, encoded: int) -> EvalResult:
+    """The `EvalResult` of `suite` from its tasks' results, `encoded` sentences having taken `seconds`."""
     digests = {k: v for task in suite.tasks for k, v in task.digests.items()}
     return EvalResult(
         details=details,
