@@ -60,6 +60,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _write_record(path: Path, record: dict) -> None:
+    """Write a command's JSON record (atomically) and say where."""
+    _write_atomically(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+    print(f"wrote {path}", file=sys.stderr)
+
+
 # -- eval -----------------------------------------------------------------------------------------------
 def make_eval_parser(sub) -> None:
     p = sub.add_parser(
@@ -159,8 +165,7 @@ def eval_command(args: argparse.Namespace) -> int:
             "throughput": stats,
             **result.to_dict(),
         }
-        _write_atomically(output, (json.dumps(record, indent=2, default=str) + "\n").encode())
-        print(f"wrote {output}", file=sys.stderr)
+        _write_record(output, record)
     return 0
 
 
@@ -269,8 +274,7 @@ def combine_logs_command(args: argparse.Namespace) -> int:
             },
             **result.to_dict(),
         }
-        _write_atomically(output, (json.dumps(record, indent=2, default=str) + "\n").encode())
-        print(f"wrote {output}", file=sys.stderr)
+        _write_record(output, record)
     return 0
 
 

@@ -301,6 +301,11 @@ def test_combine_logs_refuses_what_it_cannot_combine_in_one_line(
     a, b = str(logs["a", "test"]), str(logs["b", "test"])
     unfinished = tmp_path / "unfinished.tasks.jsonl"
     unfinished.write_text("".join(a_line for a_line in logs["a", "test"].read_text().splitlines(True)[:3]))
+    other_data = tmp_path / "other-data.tasks.jsonl"
+    rows = [json.loads(line) for line in logs["a", "test"].read_text().splitlines()]
+    other_data.write_text(
+        "".join(json.dumps(r | {"key": r["key"] | {"data": "0" * 64}}) + "\n" for r in rows)
+    )
     whole = tmp_path / "whole.tasks.jsonl"
     assert (
         main(
@@ -326,6 +331,7 @@ def test_combine_logs_refuses_what_it_cannot_combine_in_one_line(
         ([a, str(unfinished), "--weights", "1,1"], "is not finished"),
         ([a, str(unfinished), "--weights", "1,1", "--tasks", "STS13"], "run that eval on it first"),
         ([a, str(whole), "--weights", "1,1", "--tasks", "STS13"], "logged whole"),
+        ([a, str(other_data), "--weights", "1,1"], "other data files"),
         ([a, str(tmp_path / "missing.jsonl"), "--weights", "1,1"], "no task log at"),
     ]
     for extra, message in cases:
