@@ -560,3 +560,24 @@ def test_a_sweep_with_the_cache_on_stores_vectors_and_gives_the_same_rows(tmp_pa
     assert scores[0] == pytest.approx(scores[1]) and scores[1] == pytest.approx(scores[2])
     with pytest.raises(PromptlabError, match="cache = 3"):
         SweepConfig.from_dict({**raw, "cache": 3})
+
+
+def test_every_command_of_the_shipped_plan_parses_with_the_real_cli():
+    plan = load_plan(REPO / "experiments/scaling/plan.toml", root=REPO)
+    parser = make_parser()
+    verbs = set()
+    for cell in plan.cells():
+        if cell.dropped or cell.existing:
+            continue
+        for command in resolve(plan, cell, strict=False):
+            argv = shlex.split(command)
+            assert argv[0] == "promptlab", command
+            parser.parse_args(argv[1:])  # an unknown option or a missing argument exits here
+            verbs.add(argv[1])
+    assert {"eval", "finetune", "search-demos", "combine-logs"} <= verbs
+    # The demonstration prompt + CSE cell reads the test side from the demo and cse cells' own task logs.
+    demo_cse = resolve(plan, next(c for c in plan.cells() if c.name == "qwen2.5-coder-1.5b/demo-cse"))
+    logs = {m: f"experiments/scaling/work/qwen2.5-coder-1.5b--{m}.tasks.jsonl" for m in ("demo", "cse")}
+    for method in ("demo", "cse"):
+        own = resolve(plan, next(c for c in plan.cells() if c.name == f"qwen2.5-coder-1.5b/{method}"))
+        assert f"--task-log {logs[method]}" in own[-1] and logs[method] in demo_cse[-1]
