@@ -319,7 +319,7 @@ def test_combine_logs_refuses_what_it_cannot_combine_in_one_line(
         ([a, b, "--weights", "1"], "1 weights for 2 task logs"),
         ([a, b, "--weights", "1,x"], "give numbers separated by commas"),
         ([a, b, "--weights", "0,0"], "at least one above 0"),
-        ([a, b, "--dev-log", str(logs["a", "dev"])], "1 --dev-log for 2 task logs"),
+        ([a, b, "--dev-log", str(logs["a", "dev"])], "1 dev logs for 2 task logs"),
         (
             [a, b, "--dev-log", str(logs["b", "dev"]), "--dev-log", str(logs["a", "dev"])],
             "another configuration",

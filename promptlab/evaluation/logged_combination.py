@@ -168,13 +168,29 @@ def weight_grid(n_members: int, step: float) -> list[tuple[float, ...]]:
 
 
 def choose_weights(
-    members: Sequence[LoggedEvaluation], suite: Suite, step: float = 0.1
+    members: Sequence[LoggedEvaluation],
+    suite: Suite,
+    step: float = 0.1,
+    *,
+    for_members: Sequence[LoggedEvaluation] | None = None,
 ) -> tuple[tuple[float, ...], list[tuple[tuple[float, ...], EvalResult]]]:
     """The weights whose combination scores best on `suite` (a dev split), and every weighting's result.
 
     The grid is `weight_grid(len(members), step)`; of equal averages the first in that order wins (the
-    first member's weight highest).
+    first member's weight highest). `for_members`, the logs the weights are for (the test split's), must
+    come from the same embedders as `members`, in the same order.
     """
+    if for_members is not None:
+        if len(for_members) != len(members):
+            raise PromptlabError(
+                f"{len(members)} dev logs for {len(for_members)} task logs; give one per member (--dev-log), in the same order."
+            )
+        for test, dev in zip(for_members, members, strict=True):
+            if test.config_hash != dev.config_hash:
+                raise PromptlabError(
+                    f"{dev.path} was written by another configuration than {test.path}; give each member's "
+                    "dev log in the order of its test log."
+                )
     scored = [(w, score_combination(members, w, suite)) for w in weight_grid(len(members), step)]
     best = max(scored, key=lambda item: item[1].average)  # max keeps the first of equals
     return best[0], scored
