@@ -22,13 +22,10 @@ from typing import Any
 import numpy as np
 
 from promptlab.errors import PromptlabError
-from promptlab.evaluation.data import fingerprint
 from promptlab.evaluation.protocol import PartedTask, TaskResult
 from promptlab.evaluation.results import EvalResult
-from promptlab.evaluation.runner import Suite, suite_result
+from promptlab.evaluation.runner import TASK_LOG_KIND, Suite, suite_result, task_log_key
 from promptlab.jsonl import read_rows
-
-TASK_LOG_KIND = "eval-task"  # the `kind` of a task log's rows (promptlab.experiments.results.open_task_log)
 
 
 @dataclass(frozen=True)
@@ -81,14 +78,14 @@ def read_logged_evaluation(path: str | Path, suite: Suite) -> LoggedEvaluation:
             raise PromptlabError(
                 f"{task.name} is a {task.type} task; only STS tasks log per-pair cosines to combine."
             )
-        data = fingerprint(task.digests)
+        want = task_log_key(task, suite.split)
         parts: dict[str, list[float]] = {}
         logged_whole = other_data = False
         for row in rows:
             key = row["key"]
-            if key.get("task") != task.name or key.get("split") != suite.split:
+            if key.get("task") != want["task"] or key.get("split") != want["split"]:
                 continue
-            if key.get("data") != data:
+            if key.get("data") != want["data"]:
                 other_data = True
             elif "part" in key:
                 parts[key["part"]] = row["values"]

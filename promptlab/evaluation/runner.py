@@ -19,6 +19,8 @@ from promptlab.evaluation.protocol import PartedTask, Task, TaskResult, Vectors,
 from promptlab.evaluation.results import EvalResult
 from promptlab.evaluation.tasks import SPECS, TASKS
 
+TASK_LOG_KIND = "eval-task"  # the `kind` of a task log's rows (`promptlab.experiments.results.open_task_log`)
+
 DEFAULT_PART_ITEMS = 256  # STS pairs per logged part of a task-logged evaluation (`evaluate(part_items=...)`)
 
 Encode = Callable[[list[str]], np.ndarray]
@@ -155,7 +157,7 @@ def _evaluate_task_by_task(
     details: dict[str, TaskResult] = {}
     seconds, encoded = 0.0, 0
     for task in suite.tasks:
-        key = {"task": task.name, "split": suite.split, "data": fingerprint(task.digests)}
+        key = task_log_key(task, suite.split)
         row = task_log.done(key)
         if row is not None:
             details[task.name] = result_from_dict(task.name, row["result"])
@@ -181,6 +183,12 @@ def _evaluate_task_by_task(
             )
     # Throughput of what this call encoded; a run that only read the log reports none.
     return suite_result(suite, details, seconds if encoded else float("nan"), encoded)
+
+
+def task_log_key(task: Task, split: str) -> dict[str, Any]:
+    """The key of `task`'s row in a task log; a finished part's row adds ``"part"``. The data's fingerprint is
+    in it, so rows of another version of the data are never read back as this one's."""
+    return {"task": task.name, "split": split, "data": fingerprint(task.digests)}
 
 
 def logged_progress(suite: Suite, rows: Iterable[dict[str, Any]], part_items: int | None) -> tuple[int, int]:

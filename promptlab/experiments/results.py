@@ -211,4 +211,6 @@ def open_task_log(path: str | Path, embedder) -> ResultsFile:
     without where the model lies, and a probe prompt's token ids), so a log written by another model,
     template, layer, dtype or demonstration is refused, naming what differs.
     """
-    return ResultsFile(path, "eval-task", embedder.computes())
+    from promptlab.evaluation.runner import TASK_LOG_KIND
+
+    return ResultsFile(path, TASK_LOG_KIND, embedder.computes())
