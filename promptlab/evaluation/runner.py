@@ -209,15 +209,15 @@ def logged_progress(suite: Suite, rows: Iterable[dict[str, Any]], part_items: in
             finished.add((key.get("task"), key.get("data")))
     kept = total = 0
     for task in suite.tasks:
-        data = fingerprint(task.digests)
+        key = task_log_key(task, suite.split)
         sentences = dict.fromkeys(task.sentences())
         total += len(sentences)
-        if (task.name, data) in finished:
+        if (key["task"], key["data"]) in finished:
             kept += len(sentences)
         elif part_items and isinstance(task, PartedTask):
             done: set[str] = set()
             for part in task.parts(part_items):
-                if (task.name, data, part) in parts_done:
+                if (key["task"], key["data"], part) in parts_done:
                     done.update(task.part_sentences(part))
             kept += len(done)
     return kept, total
