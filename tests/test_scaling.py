@@ -15,7 +15,7 @@ from test_evaluation import FAKE, write_fake_senteval
 from promptlab.cli import main, make_parser
 from promptlab.errors import PromptlabError
 from promptlab.experiments.scaling import load_plan, plan_from_dict, resolve, run_plan
-from promptlab.experiments.scaling_report import write_scaling_report
+from promptlab.experiments.scaling_report import method_style, write_scaling_report
 from promptlab.finetune.config import FinetuneConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -511,6 +511,16 @@ def test_the_report_marks_cells_not_run_and_draws_the_plot(env, tiny_llama_dir):
     assert text.count("_not run yet_") >= 2  # the tiny model's two cells; nothing invented
     assert "arXiv 2307.16645" in text and "67.46" in text
     assert "Only 1 model(s) measured" in text or "one model measured" in text
+
+
+def test_every_method_of_a_plan_gets_its_own_look_in_the_plot():
+    # The shipped plan has more methods than matplotlib's ten default colours.
+    plan = load_plan(REPO / "experiments/scaling/plan.toml", root=REPO)
+    assert len(plan.methods) > 10
+    looks = [method_style(k) for k in range(40)]
+    assert len(set(looks)) == 40
+    assert looks[0] == ("#1f77b4", "o", "-")  # the first ten keep the familiar solid lines with dots
+    assert looks[10][0] == looks[0][0] and looks[10][1:] != looks[0][1:]
 
 
 def test_steps_resume_by_their_own_means_and_never_overwrite(tmp_path):

@@ -117,12 +117,23 @@ def summary_lines(entries: list[dict[str, Any]], methods) -> list[str]:
     return lines
 
 
+# matplotlib's default cycle has ten colours, so a plan's eleventh method would look like its first.
+# Each further round of ten colours changes the marker and the line style as well: distinct for 40 methods.
+_COLOURS = tuple("#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf".split())
+_MARKERS_AND_LINES = (("o", "-"), ("D", ":"), ("v", "-."), ("X", (0, (6, 2, 1, 2, 1, 2))))
+
+
+def method_style(position: int) -> tuple[str, str, str | tuple]:
+    """(colour, marker, line style) of the plan's ``position``-th method; stable by plan order."""
+    marker, line = _MARKERS_AND_LINES[(position // len(_COLOURS)) % len(_MARKERS_AND_LINES)]
+    return _COLOURS[position % len(_COLOURS)], marker, line
+
+
 def plot_scaling(entries, methods, curves, path: Path, title: str) -> None:
     from promptlab.experiments.report import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
-    cmap = plt.get_cmap("tab10")
     drawn = 0
     for k, method in enumerate(methods):
         points = sorted(
@@ -133,7 +144,10 @@ def plot_scaling(entries, methods, curves, path: Path, title: str) -> None:
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "-o", color=cmap(k % 10), lw=1.8, ms=6, label=f"{method.label} (promptlab)")
+        colour, marker, line = method_style(k)
+        ax.plot(
+            xs, ys, ls=line, marker=marker, color=colour, lw=1.8, ms=6, label=f"{method.label} (promptlab)"
+        )
         drawn += 1
     for k, curve in enumerate(curves):
         xs = [p["params"] for p in curve["points"]]
