@@ -111,17 +111,20 @@ def _state_change(model) -> tuple[bool, float] | None:
 def _probe_change(model) -> tuple[bool, float] | None:
     """(the first two tokens' states agree with and without a third, to rounding; how much the third
     changes them, relative to their size)."""
+    from promptlab.backends.quantization import unpacked_4bit_layers
+
     device = next(model.parameters()).device
     ids = torch.tensor([[1, 2, 3]], device=device)
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    # The probe runs before any embedding, on a model that may be trained next (QLoRA): it must not repack
+    # its 4-bit weights for inference.
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), unpacked_4bit_layers(model):
             full = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
             head = model(input_ids=ids[:, :2], attention_mask=torch.ones_like(ids[:, :2]), **extra)
-        # Two sequences of one length that differ only in their last token run the same kernels, so
-        # quantized ones too give a causal model's first two tokens the same states.
-        pair = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
-        with torch.inference_mode():
+            # Two sequences of one length that differ only in their last token run the same kernels, so
+            # quantized ones too give a causal model's first two tokens the same states.
+            pair = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
             other = model(
                 input_ids=pair, attention_mask=torch.ones_like(pair), **extra
             ).last_hidden_state.float()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -664,6 +665,11 @@ def test_output_dir_guards(tmp_path, senteval, tiny_llama):
     Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
     with pytest.raises(PromptlabError, match="is not empty; pass --resume"):
         Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    # Checkpoints are local (not committed): a run folder without one offers only a fresh start.
+    shutil.rmtree(tmp_path / "run" / "checkpoint-last")
+    with pytest.raises(PromptlabError, match="no checkpoint-last/ to resume from .* pass --overwrite"):
+        Trainer(cfg, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(progress=False)
+    assert (tmp_path / "run" / "finetune.json").is_file()  # refused, nothing deleted
     changed = config(tmp_path, senteval, steps=1, eval_every=0, lr=1e-3)
     with pytest.raises(PromptlabError, match=r"config changed \(lr: 0.005 -> 0.001\)"):
         Trainer(changed, backend=backend_for(fresh(tiny_llama)), data=TrainingData(TOY)).run(
@@ -957,6 +963,24 @@ def test_qlora_gradients_are_unchanged_by_a_dev_score(tmp_path, senteval, tokeni
     if getattr(functional, "has_avx512bf16", lambda: False)():  # the CPUs where bitsandbytes repacks
         with pytest.raises(PromptlabError, match="repacked by bitsandbytes for inference .* freshly loaded"):
             gradients("embedded")
+
+
+def test_loading_a_4bit_model_runs_no_forward_that_would_repack_it(tokenizer_dir):
+    """Building an embedder probes the model (is it causal?) before any training; on AVX512-BF16 CPUs an
+    eval-mode no-grad forward through a 4-bit layer repacks it for inference and makes QLoRA refuse the
+    model. Checked on any CPU by what the layers see: every probe forward reaches them in train mode."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra (bitsandbytes)")
+    from promptlab.backends.quantization import linear_4bit_layers, repacked_for_inference
+
+    backend = load_backend("transformers", str(tokenizer_dir), dtype="float32", quantization="nf4")
+    layers = linear_4bit_layers(backend.model)
+    seen: list[bool] = []
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda module, _: seen.append(module.training))
+    Embedder(backend, "prompteol")  # a next-token template: asks whether the model attends both ways
+    assert len(seen) >= 3 * len(layers) and all(seen)  # three probe forwards, none in the inference layout
+    assert not any(layer.training for layer in layers)  # eval mode restored for embedding
+    assert not any(repacked_for_inference(layer) for layer in layers)
 
 
 # --------------------------------------------------------------------------- the CLI, end to end

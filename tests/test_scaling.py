@@ -356,6 +356,17 @@ def test_dry_run_says_where_a_fine_tuning_run_resumes(env, tiny_llama_dir):
     messages: list[str] = []
     run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
     assert not any("kept in its run folder" in m for m in messages)
+    # A stopped run's adapter without its checkpoint (checkpoints stay local): named, with both ways on.
+    best = env / "runs/cse/best"
+    best.mkdir(parents=True)
+    (best / "promptlab_adapter.json").write_text(json.dumps({"step": 8, "dev_spearman": 70.0}))
+    messages.clear()
+    run_plan(plan, methods=["cse"], dry_run=True, execute=Recorder(), log=messages.append)
+    assert (
+        "      kept in its run folder: the step-8 adapter (best/) of a stopped training, but no checkpoint to "
+        "resume: add --overwrite to train again, or run the eval command by hand to keep that adapter"
+        in messages
+    )
     checkpoint = env / "runs/cse/checkpoint-last"
     checkpoint.mkdir(parents=True)
     (checkpoint / "promptlab_adapter.json").write_text(json.dumps({"step": 12, "dev_spearman": None}))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +190,21 @@ def repacked_for_inference(layer) -> bool:
     """Whether bitsandbytes repacked this 4-bit layer's weight into its CPU inference layout (it does so on
     the first forward in eval mode without grad on a CPU with AVX512-BF16); that cannot be undone exactly."""
     return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+@contextmanager
+def unpacked_4bit_layers(model):
+    """Run no-grad forwards that leave ``model``'s 4-bit weights in their trainable layout: the 4-bit layers
+    stay in train mode meanwhile (they have no dropout; the flag only gates bitsandbytes' repacking), so a
+    probe of a freshly loaded model does not make it untrainable (`promptlab.finetune.lora`)."""
+    layers = [(layer, layer.training) for layer in linear_4bit_layers(model)]
+    for layer, _ in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer, was_training in layers:
+            layer.training = was_training
 
 
 def dequantize_4bit_layers(model) -> int:

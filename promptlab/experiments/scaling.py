@@ -522,14 +522,15 @@ def step_argv(argv: list[str], root: Path) -> list[str] | None:
     return argv
 
 
-def _checkpoint_step(argv: list[str], root: Path) -> int | None:
-    """The step of the checkpoint a ``promptlab finetune`` command would resume from, if it has one."""
+def _checkpoint_step(argv: list[str], root: Path, subfolder: str = CHECKPOINT) -> int | None:
+    """The step of the checkpoint a ``promptlab finetune`` command would resume from, if it has one (or of
+    another adapter its run folder keeps: ``subfolder="best"``)."""
     from promptlab.adapters import ADAPTER_META
 
     if len(argv) < 3 or argv[1] != "finetune":
         return None
     folder = _finetune_dir(argv, root)
-    meta = folder / CHECKPOINT / ADAPTER_META if folder is not None else None
+    meta = folder / subfolder / ADAPTER_META if folder is not None else None
     if meta is None or not meta.is_file():
         return None
     return json.loads(meta.read_text(encoding="utf-8")).get("step")
@@ -639,6 +640,12 @@ def _kept_from_earlier_sittings(command: str, root: Path) -> list[str]:
         kept.append("kept in its run folder: the finished training and its adapter; only the eval is left")
     elif step is not None:
         kept.append(f"kept in its run folder: a checkpoint at step {step}, where it resumes")
+    elif (best := _checkpoint_step(argv, root, subfolder="best")) is not None:
+        # Checkpoints are local: a run folder from another machine keeps its adapter and nothing to resume.
+        kept.append(
+            f"kept in its run folder: the step-{best} adapter (best/) of a stopped training, but no checkpoint "
+            "to resume: add --overwrite to train again, or run the eval command by hand to keep that adapter"
+        )
     rows = _kept_rows(argv, root)
     if rows:
         kept.append(f"kept in its output: {rows}")

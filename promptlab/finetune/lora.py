@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from promptlab.adapters import ADAPTER_META, require
-from promptlab.backends.quantization import linear_4bit_layers, repacked_for_inference
+from promptlab.backends.quantization import linear_4bit_layers, repacked_for_inference, unpacked_4bit_layers
 from promptlab.errors import PromptlabError
 
 if TYPE_CHECKING:
@@ -124,10 +124,9 @@ def scoring_mode(model: nn.Module):
     """Eval mode for a dev score during training, with 4-bit layers kept trainable (see above)."""
     was_training = model.training
     model.eval()
-    for layer in linear_4bit_layers(model):
-        layer.training = True
     try:
-        yield
+        with unpacked_4bit_layers(model):
+            yield
     finally:
         model.train(was_training)
 

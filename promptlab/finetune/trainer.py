@@ -397,6 +397,12 @@ class Trainer:
             _append(self.out / "log.jsonl", resumed)
             return
         if self.out.exists() and any(self.out.iterdir()):
+            if not overwrite and not (self.out / "checkpoint-last").is_dir():
+                # A run folder copied or committed without its (local, large) checkpoint: --resume cannot work.
+                raise PromptlabError(
+                    f"{self.out} holds a run with no checkpoint-last/ to resume from (its best/ adapter, if any, "
+                    "can be evaluated as it is); pass --overwrite to train it again, or choose another output_dir."
+                )
             if not overwrite:
                 raise PromptlabError(
                     f"{self.out} is not empty; pass --resume to continue that run, --overwrite to replace it "
