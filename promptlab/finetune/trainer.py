@@ -397,7 +397,10 @@ class Trainer:
             _append(self.out / "log.jsonl", resumed)
             return
         if self.out.exists() and any(self.out.iterdir()):
-            if not overwrite and not (self.out / "checkpoint-last").is_dir():
+            stopped_run = (self.out / "finetune.json").is_file() and not (
+                self.out / "checkpoint-last"
+            ).is_dir()
+            if not overwrite and stopped_run:
                 # A run folder copied or committed without its (local, large) checkpoint: --resume cannot work.
                 raise PromptlabError(
                     f"{self.out} holds a run with no checkpoint-last/ to resume from (its best/ adapter, if any, "
