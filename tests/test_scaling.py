@@ -537,7 +537,10 @@ def test_every_method_of_a_plan_gets_its_own_look_in_the_plot():
 
 
 def test_steps_resume_by_their_own_means_and_never_overwrite(tmp_path):
-    from promptlab.experiments.scaling import step_argv
+    from promptlab.experiments.scaling import CHECKPOINT, step_argv
+    from promptlab.finetune.trainer import CHECKPOINT as TRAINER_CHECKPOINT
+
+    assert CHECKPOINT == TRAINER_CHECKPOINT  # the runner looks where the trainer saves
 
     config = tmp_path / "cse.toml"
     config.write_text('model = "m"\noutput_dir = "runs/cse"\n', encoding="utf-8")

@@ -482,7 +482,9 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1]
 
 
-CHECKPOINT = "checkpoint-last"  # the resumable state a finetune run folder keeps (promptlab.finetune.trainer)
+CHECKPOINT = (
+    "checkpoint-last"  # promptlab.finetune.trainer.CHECKPOINT (not imported: that module loads torch)
+)
 
 
 def _finetune_dir(argv: list[str], root: Path) -> Path | None:

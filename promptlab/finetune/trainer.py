@@ -51,6 +51,7 @@ from promptlab.finetune.lora import (
 from promptlab.finetune.objectives import Objective
 
 STATE = "trainer_state.pt"
+CHECKPOINT = "checkpoint-last"  # the folder a run resumes from: local state, never committed
 STATE_FORMAT = 3  # trainer_state.pt layout: tensors and plain data only
 
 
@@ -326,10 +327,10 @@ class Trainer:
             }
             torch.save(state, folder / STATE)
 
-        self._replace_dir("checkpoint-last", write)
+        self._replace_dir(CHECKPOINT, write)
 
     def load_checkpoint(self) -> None:
-        path = self.out / "checkpoint-last" / STATE
+        path = self.out / CHECKPOINT / STATE
         if not path.is_file():
             raise PromptlabError(
                 f"nothing to resume: {path} does not exist; run without --resume to start afresh."
@@ -397,21 +398,19 @@ class Trainer:
             _append(self.out / "log.jsonl", resumed)
             return
         if self.out.exists() and any(self.out.iterdir()):
-            stopped_run = (self.out / "finetune.json").is_file() and not (
-                self.out / "checkpoint-last"
-            ).is_dir()
-            if not overwrite and stopped_run:
-                # A run folder copied or committed without its (local, large) checkpoint: --resume cannot work.
-                raise PromptlabError(
-                    f"{self.out} holds a run with no checkpoint-last/ to resume from (its best/ adapter, if any, "
-                    "can be evaluated as it is); pass --overwrite to train it again, or choose another output_dir."
-                )
             if not overwrite:
+                if record.is_file() and not (self.out / CHECKPOINT).is_dir():
+                    # A run folder copied or committed without its (local) checkpoint: --resume cannot work.
+                    raise PromptlabError(
+                        f"{self.out} holds a run with no {CHECKPOINT}/ to resume from (its best/ adapter, if any, "
+                        "can be evaluated as it is); pass --overwrite to train it again, or choose another "
+                        "output_dir."
+                    )
                 raise PromptlabError(
                     f"{self.out} is not empty; pass --resume to continue that run, --overwrite to replace it "
                     "or choose another output_dir."
                 )
-            if not (self.out / "finetune.json").is_file():
+            if not record.is_file():
                 raise PromptlabError(
                     f"{self.out} does not look like a finetune run (no finetune.json); not deleting it."
                 )
